@@ -1,0 +1,105 @@
+"""The BandPO policy loss: PPO's pessimistic clipped surrogate with per-token bounds.
+
+Per valid token t with advantage A_t, ratio r_t = exp(log pi - log pi_old) and a rule's bounds:
+
+    loss_t = max(-A_t r_t, -A_t clip(r_t, l_t, u_t))        (no gradient through l_t, u_t)
+    dual clip c > 1, for A_t < 0:  loss_t = min(loss_t, -c A_t)
+
+then aggregated over the batch (:mod:`bandpo.aggregation`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from bandpo.aggregation import aggregate, check_loss_agg_mode
+from bandpo.metrics import clip_metrics
+from bandpo.rules import BoundRule
+
+LOG_RATIO_LIMIT = 20.0
+"""|log r| is clamped here before exp: beyond it the token is clipped anyway, and exp stays finite."""
+
+
+def _check_inputs(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor) -> None:
+    if log_probs.dim() != 2:
+        raise ValueError(f"log_probs must have shape (batch, tokens), got {tuple(log_probs.shape)}")
+    for name, tensor in (("old_log_probs", old_log_probs), ("mask", mask)):
+        if tensor.shape != log_probs.shape:
+            raise ValueError(
+                f"{name} must have the shape of log_probs {tuple(log_probs.shape)}, got {tuple(tensor.shape)}"
+            )
+    if advantages.shape not in (log_probs.shape[:1], log_probs.shape):
+        raise ValueError(
+            f"advantages must have shape {tuple(log_probs.shape[:1])} or {tuple(log_probs.shape)}, "
+            f"got {tuple(advantages.shape)}"
+        )
+    if torch.isnan(advantages).any():
+        raise ValueError("advantages contain NaN")
+
+
+def _check_dual_clip(dual_clip: float | None) -> None:
+    if dual_clip is not None and not (isinstance(dual_clip, (int, float)) and dual_clip > 1 and math.isfinite(dual_clip)):
+        raise ValueError(f"dual_clip must be None or a finite number > 1, got {dual_clip!r}")
+
+
+def per_token_policy_loss(
+    ratio: Tensor, lower: Tensor, upper: Tensor, advantages: Tensor, dual_clip: float | None = None
+) -> Tensor:
+    """max(-A r, -A clip(r, l, u)), capped at -c A where A < 0 when ``dual_clip`` = c is given."""
+    clipped = torch.clamp(ratio, lower, upper)
+    loss = torch.maximum(-advantages * ratio, -advantages * clipped)
+    if dual_clip is not None:
+        loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
+    return loss
+
+
+def policy_loss(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip: BoundRule,
+    loss_agg_mode: str = "token-mean",
+    dual_clip: float | None = None,
+    loss_agg_constant: float | None = None,
+    entropy: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The clipped policy-gradient loss and its clipping metrics.
+
+    Args:
+        log_probs: log pi(a_t | s_t) under the current policy, (B, T), with autograd history.
+        old_log_probs: log pi_old(a_t | s_t) of the policy that sampled the tokens, (B, T).
+        advantages: (B,) per sequence (GRPO) or (B, T) per token.
+        mask: (B, T), bool or float, 1 on valid response tokens.
+        clip: a bound rule — ``Band(...)``, ``FixedClip(...)``, ``DCPO(...)`` or any object with
+            ``bounds(old_log_probs) -> (lower, upper)``.
+        loss_agg_mode: token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm.
+        dual_clip: c > 1 caps the loss of negative-advantage tokens at -c A (published: 10).
+        loss_agg_constant: the constant of ``seq-mean-token-sum-norm`` (default: T).
+        entropy: optional per-token entropy (B, T), reported as ``entropy/mean``.
+
+    Returns:
+        (loss, metrics): the scalar loss and a dict of detached 0-d tensors
+        (:func:`bandpo.metrics.metrics_to_floats` turns them into floats).
+    """
+    _check_inputs(log_probs, old_log_probs, advantages, mask)
+    check_loss_agg_mode(loss_agg_mode)
+    _check_dual_clip(dual_clip)
+    if not isinstance(clip, BoundRule):
+        raise ValueError(f"clip must have a bounds(old_log_probs) method, got {type(clip).__name__}")
+    mask = mask.to(log_probs.dtype)
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(log_probs)
+    old_log_probs = old_log_probs.detach()
+    log_ratio = (log_probs - old_log_probs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    ratio = torch.exp(log_ratio)
+    lower, upper = clip.bounds(old_log_probs)
+    lower, upper = lower.detach().to(ratio.dtype), upper.detach().to(ratio.dtype)
+    loss_matrix = per_token_policy_loss(ratio, lower, upper, advantages, dual_clip)
+    loss = aggregate(loss_matrix, mask, loss_agg_mode, loss_agg_constant)
+    metrics = clip_metrics(ratio.detach(), lower, upper, advantages, old_log_probs, log_probs.detach(), mask, entropy)
+    return loss, metrics

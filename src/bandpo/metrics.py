@@ -1,0 +1,82 @@
+"""The clipping diagnostics the BandPO paper studies, as tensors (no host synchronisation).
+
+For valid tokens with ratio r, bounds [l, u], advantage A and old probability p:
+
+    clip_ratio/low_mean         share with r < l and A < 0          (gradient cut below; TRL's name)
+    clip_ratio/high_mean        share with r > u and A > 0          (gradient cut above)
+    clip_ratio/region_mean      share of either                     (the paper's overall clip rate)
+    clip_ratio/out_of_band      share with r outside [l, u], whatever the sign of A
+    clip_ratio/low_p_high_share clip-high events with p < 0.2 / all gradient-cut tokens (Figure 3b)
+    bounds/lower_mean, bounds/upper_mean, policy/ppo_kl (mean of log pi_old - log pi), entropy/mean
+    tokens/p_old_<bucket>, clipped/p_old_<bucket>   counts of valid / gradient-cut tokens by p
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+LOW_PROBABILITY = 0.2
+P_BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def bucket_names() -> list[str]:
+    return [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(P_BUCKET_EDGES[:-1], P_BUCKET_EDGES[1:])]
+
+
+def clip_metrics(
+    ratio: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    advantages: Tensor,
+    old_log_probs: Tensor,
+    log_probs: Tensor,
+    mask: Tensor,
+    entropy: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The metrics above; every argument (B, T), ``mask`` float. Returns detached 0-d tensors."""
+    with torch.no_grad():
+        valid = mask > 0
+        count = mask.sum().clamp_min(1.0)
+        old_p = old_log_probs.exp()
+        cut_low = (ratio < lower) & (advantages < 0) & valid
+        cut_high = (ratio > upper) & (advantages > 0) & valid
+        cut = cut_low | cut_high
+        out_of_band = ((ratio < lower) | (ratio > upper)) & valid
+        low_p_high = cut_high & (old_p < LOW_PROBABILITY)
+
+        def share(flags: Tensor) -> Tensor:
+            return flags.sum() / count
+
+        def masked_mean(values: Tensor) -> Tensor:
+            return (values * mask).sum() / count
+
+        metrics = {
+            "clip_ratio/low_mean": share(cut_low),
+            "clip_ratio/high_mean": share(cut_high),
+            "clip_ratio/region_mean": share(cut),
+            "clip_ratio/out_of_band": share(out_of_band),
+            "clip_ratio/low_p_high_share": low_p_high.sum() / cut.sum().clamp_min(1),
+            "bounds/lower_mean": masked_mean(lower),
+            "bounds/upper_mean": masked_mean(upper),
+            "policy/ppo_kl": masked_mean(old_log_probs - log_probs),
+        }
+        bucket = torch.bucketize(old_p, torch.tensor(P_BUCKET_EDGES[1:-1], device=old_p.device), right=True)
+        for index, name in enumerate(bucket_names()):
+            in_bucket = bucket == index
+            metrics[f"tokens/p_old_{name}"] = (in_bucket & valid).sum().to(count.dtype)
+            metrics[f"clipped/p_old_{name}"] = (in_bucket & cut).sum().to(count.dtype)
+        if entropy is not None:
+            metrics["entropy/mean"] = masked_mean(entropy)
+    return {key: value.detach() for key, value in metrics.items()}
+
+
+def metrics_to_floats(metrics: Mapping[str, Tensor]) -> dict[str, float]:
+    """Python floats for logging: one host transfer for all metrics together."""
+    if not metrics:
+        return {}
+    keys = list(metrics)
+    values = torch.stack([metrics[key].detach().float().reshape(()) for key in keys]).cpu().tolist()
+    return dict(zip(keys, values))

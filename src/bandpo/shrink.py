@@ -1,0 +1,122 @@
+"""The one-sided trust-region problem that both sides of the Band operator reduce to.
+
+For a two-point distribution (a, b), a + b = 1, and a convex generator f with f(1) = 0, the
+*shrink* problem asks how far the outcome of probability ``a`` can shrink inside the
+f-divergence ball of radius delta:
+
+    s*(a) = min { s in [0, 1] : G(s) <= delta },
+    G(s)  = a f(s) + b f((1 - a s) / b)                      (the complement absorbs the mass)
+
+Two-point f-divergences are symmetric under relabelling the outcomes, g_f(p, r) = g_f(1 - p, s)
+with s = (1 - r p) / (1 - p). Hence, for a sampled token of old probability p,
+
+    lower(p) = s*(a = p)                                   (the token shrinks)
+    upper(p) = 1 + (1 - p) (1 - s*(a = 1 - p)) / p         (its complement shrinks)
+
+Solvers return the pair (s, w) with w = 1 - s, each accurate in absolute terms and w accurate
+relative to itself, so that the upper bound keeps full relative precision when w is tiny.
+
+The generic solver below needs only f (and optionally f'); it works in u = -log s, where both
+s = exp(-u) and w = -expm1(-u) keep full relative precision, with a bracketed Newton iteration
+of fixed length (no data-dependent control flow, no host synchronisation).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+Generator = Callable[[Tensor], Tensor]
+
+
+class ShrinkSolver(Protocol):
+    def __call__(self, a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+        """Return (s, w = 1 - s) for outcome probabilities a, complements b = 1 - a, log(b)."""
+        ...
+
+
+def two_sided_bounds(log_p: Tensor, delta: float, shrink: ShrinkSolver) -> tuple[Tensor, Tensor]:
+    """Ratio bounds (lower, upper) for old log-probabilities ``log_p`` (<= 0) from a shrink solver.
+
+        lower = s*(p),   upper = 1 + (1 - p) w*(1 - p) / p
+    """
+    p = torch.exp(log_p)
+    p_complement = -torch.expm1(log_p)
+    min_log = torch.finfo(log_p.dtype).min
+    log_p_complement = torch.log(p_complement).clamp_min(min_log)
+    lower, _ = shrink(p, p_complement, log_p_complement, delta)
+    _, w_complement = shrink(p_complement, p, log_p.clamp_min(min_log), delta)
+    # w >= tiny keeps p = 0 at +inf rather than 0/0 when the complement cannot move at all.
+    tiny = torch.finfo(log_p.dtype).tiny
+    upper = w_complement.clamp_min(tiny).mul_(p_complement).div_(p).add_(1.0)
+    return lower, upper
+
+
+def generator_derivative_by_autograd(generator: Generator) -> Generator:
+    """f' obtained from f by reverse-mode autograd (f must be elementwise)."""
+
+    def derivative(x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(generator(leaf).sum(), leaf)
+        return grad
+
+    return derivative
+
+
+def _complement_term(
+    generator: Generator, a: Tensor, b: Tensor, w: Tensor, slope_at_infinity: float
+) -> Tensor:
+    """b f(1 + a w / b), with its limit w * lim_{x->inf} f(x)/x where b = 0."""
+    safe_b = torch.where(b > 0, b, torch.ones_like(b))
+    regular = safe_b * generator(1 + a * w / safe_b)
+    limit = torch.where(w > 0, w * slope_at_infinity, torch.zeros_like(w))
+    return torch.where(b > 0, regular, limit)
+
+
+def solve_shrink_generic(
+    generator: Generator,
+    derivative: Generator,
+    slope_at_infinity: float,
+    a: Tensor,
+    b: Tensor,
+    delta: float,
+    iterations: int,
+) -> tuple[Tensor, Tensor]:
+    """Solve G(u) = delta for u = -log s by safeguarded Newton on a shrinking bracket.
+
+        G(u)  = a f(e^-u) + b f(1 + a (1 - e^-u) / b)
+        G'(u) = a e^-u [f'(1 + a (1 - e^-u) / b) - f'(e^-u)]
+
+    G is increasing in u (the ball is convex and contains s = 1). Each of the ``iterations``
+    steps takes the Newton point when it falls strictly inside the bracket and the bracket's
+    midpoint otherwise, then shrinks the bracket; u = +inf (s = 0) when G(inf) <= delta.
+    """
+    u_max = -torch.log(torch.tensor(torch.finfo(a.dtype).tiny, dtype=a.dtype)).item() + 1.0
+
+    def objective(u: Tensor) -> tuple[Tensor, Tensor]:
+        s = torch.exp(-u)
+        w = -torch.expm1(-u)
+        own = torch.where(a > 0, a * generator(s), torch.zeros_like(a))
+        value = own + _complement_term(generator, a, b, w, slope_at_infinity)
+        safe_b = torch.where(b > 0, b, torch.ones_like(b))
+        slope = a * s * (derivative(1 + a * w / safe_b) - derivative(s))
+        return value - delta, slope
+
+    zeros = torch.zeros_like(a)
+    saturated = objective(torch.full_like(a, float("inf")))[0] <= 0
+    lo, hi = zeros, torch.full_like(a, u_max)
+    # Start from the quadratic (chi-square-like) model G ~ f''(1) a u^2 / (2 b), f''(1) ~ 1.
+    u = torch.sqrt(2 * delta * b / a.clamp_min(torch.finfo(a.dtype).tiny)).clamp(max=u_max / 2)
+    u = torch.where(u > 0, u, torch.full_like(u, u_max / 2))
+    for _ in range(iterations):
+        value, slope = objective(u)
+        lo = torch.where(value < 0, u, lo)
+        hi = torch.where(value >= 0, u, hi)
+        newton = u - value / slope
+        inside = (newton > lo) & (newton < hi)
+        u = torch.where(inside, newton, 0.5 * (lo + hi))
+    u = torch.where(saturated, torch.full_like(u, float("inf")), u)
+    return torch.exp(-u), -torch.expm1(-u)
