@@ -75,7 +75,9 @@ class Divergence:
             return self.bounds(log_p, delta)
         return two_sided_bounds(log_p, delta, self.shrink or self._generic_shrink)
 
-    def _generic_shrink(self, a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+    def _generic_shrink(
+        self, a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float
+    ) -> tuple[Tensor, Tensor]:
         derivative = self.derivative or generator_derivative_by_autograd(self.generator)
         return solve_shrink_generic(
             self.generator, derivative, self.slope_at_infinity, a, b, delta, self.iterations
@@ -101,7 +103,9 @@ def chi2_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     return reach.neg_().add_(1.0).clamp_min_(0.0), upper
 
 
-def hellinger_shrink(a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+def hellinger_shrink(
+    a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float
+) -> tuple[Tensor, Tensor]:
     """Squared Hellinger, g = 2 (1 - sqrt(p q) - sqrt((1 - p)(1 - q))).
 
     With sqrt(a) = cos(alpha) and cos(theta) = 1 - delta / 2, the shrunk probability is
@@ -123,9 +127,10 @@ def hellinger_shrink(a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple
 
 
 KL_ITERATIONS = {torch.float64: 3, torch.float32: 3}
+EXP_FLOOR = 40.0
 
 
-def kl_shrink(a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """Forward KL, g = a log(a / (a s)) + b log(b / (1 - a s)). In u = -log s:
 
         F(u)   = a u - b log(1 - a e^-u) + b log b - delta
@@ -133,21 +138,20 @@ def kl_shrink(a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor
 
     F is convex and increasing with a u^2 / (2 b) >= F + delta and asymptote a u + b log b, so
     the root lies in [max(sqrt(2 b delta / a), delta / a), (delta - b log b) / a]. Halley's
-    iteration from the geometric mean of the outer ends converges to machine precision in 3
-    steps (float64 and float32) over p in [1e-12, 1 - 1e-10], delta in
-    [0.01, 0.5] (see tests/test_divergences.py).
+    iteration, u <- u - (F / F') / (1 - F F'' / (2 F'^2)), from the geometric mean of the outer
+    ends converges to machine precision in 3 steps for float64 and float32 over
+    p in [1e-12, 1 - 1e-10], delta in [0.01, 0.5] (tests/test_divergences.py).
     """
-    finfo = torch.finfo(a.dtype)
     iterations = KL_ITERATIONS[a.dtype]
-    # exp(-u) below the smallest normal number is 0 for our purposes; denormals are slow.
-    exp_cap = -math.log(finfo.tiny) - 1.0
-    a = a.clamp_min(finfo.tiny)
+    a = a.clamp_min(torch.finfo(a.dtype).tiny)
     b_log_b = b * log_b
     outer = torch.rsub(b_log_b, delta).div_(a)
     inner = torch.sqrt(b.mul(2.0 * delta).div_(a))
     u = torch.maximum(outer.sqrt_().mul_(inner.sqrt_()), torch.reciprocal(a).mul_(delta))
     for _ in range(iterations):
-        e = torch.exp(u.clamp(max=exp_cap).neg_())
+        # e^-u below e^-40 changes nothing in 1 - a e^-u; capping it keeps products off the
+        # (very slow) denormal range.
+        e = torch.exp(u.clamp(max=EXP_FLOOR).neg_())
         w = torch.rsub(e, 1.0)
         m = torch.rsub(a * e, 1.0)
         value = torch.log(m).mul_(b).neg_().addcmul_(a, u).add_(b_log_b).sub_(delta)

@@ -11,6 +11,7 @@ then aggregated over the batch (:mod:`bandpo.aggregation`).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -56,6 +57,34 @@ def per_token_policy_loss(
     return loss
 
 
+class ClippedSurrogate(NamedTuple):
+    """Per-token pieces of the loss: the loss matrix and what the metrics need (no history but the loss)."""
+
+    loss_matrix: Tensor
+    ratio: Tensor
+    lower: Tensor
+    upper: Tensor
+
+
+def clipped_surrogate(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    clip: BoundRule,
+    dual_clip: float | None = None,
+) -> ClippedSurrogate:
+    """The per-token loss with r = exp(clamp(log pi - log pi_old, -20, 20)) and the rule's bounds.
+
+    ``advantages`` must broadcast against ``log_probs``; the bounds carry no gradient.
+    """
+    old_log_probs = old_log_probs.detach()
+    ratio = torch.exp((log_probs - old_log_probs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
+    lower, upper = clip.bounds(old_log_probs)
+    lower, upper = lower.detach().to(ratio.dtype), upper.detach().to(ratio.dtype)
+    loss_matrix = per_token_policy_loss(ratio, lower, upper, advantages, dual_clip)
+    return ClippedSurrogate(loss_matrix, ratio.detach(), lower, upper)
+
+
 def policy_loss(
     log_probs: Tensor,
     old_log_probs: Tensor,
@@ -94,12 +123,9 @@ def policy_loss(
     mask = mask.to(log_probs.dtype)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(log_probs)
-    old_log_probs = old_log_probs.detach()
-    log_ratio = (log_probs - old_log_probs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    ratio = torch.exp(log_ratio)
-    lower, upper = clip.bounds(old_log_probs)
-    lower, upper = lower.detach().to(ratio.dtype), upper.detach().to(ratio.dtype)
-    loss_matrix = per_token_policy_loss(ratio, lower, upper, advantages, dual_clip)
-    loss = aggregate(loss_matrix, mask, loss_agg_mode, loss_agg_constant)
-    metrics = clip_metrics(ratio.detach(), lower, upper, advantages, old_log_probs, log_probs.detach(), mask, entropy)
+    terms = clipped_surrogate(log_probs, old_log_probs, advantages, clip, dual_clip)
+    loss = aggregate(terms.loss_matrix, mask, loss_agg_mode, loss_agg_constant)
+    metrics = clip_metrics(
+        terms.ratio, terms.lower, terms.upper, advantages, old_log_probs.detach(), log_probs.detach(), mask, entropy
+    )
     return loss, metrics

@@ -32,8 +32,10 @@ Generator = Callable[[Tensor], Tensor]
 
 
 class ShrinkSolver(Protocol):
-    def __call__(self, a: Tensor, b: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-        """Return (s, w = 1 - s) for outcome probabilities a, complements b = 1 - a, log(b)."""
+    def __call__(
+        self, a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float
+    ) -> tuple[Tensor, Tensor]:
+        """Return (s, w = 1 - s) for outcome probabilities a, complements b = 1 - a, and logs."""
         ...
 
 
@@ -46,8 +48,9 @@ def two_sided_bounds(log_p: Tensor, delta: float, shrink: ShrinkSolver) -> tuple
     p_complement = -torch.expm1(log_p)
     min_log = torch.finfo(log_p.dtype).min
     log_p_complement = torch.log(p_complement).clamp_min(min_log)
-    lower, _ = shrink(p, p_complement, log_p_complement, delta)
-    _, w_complement = shrink(p_complement, p, log_p.clamp_min(min_log), delta)
+    log_p = log_p.clamp_min(min_log)
+    lower, _ = shrink(p, p_complement, log_p, log_p_complement, delta)
+    _, w_complement = shrink(p_complement, p, log_p_complement, log_p, delta)
     # w >= tiny keeps p = 0 at +inf rather than 0/0 when the complement cannot move at all.
     tiny = torch.finfo(log_p.dtype).tiny
     upper = w_complement.clamp_min(tiny).mul_(p_complement).div_(p).add_(1.0)

@@ -1,0 +1,112 @@
+"""``bandpo bounds``: the Band operator's ratio bounds as a table and as the paper's two figures.
+
+The figure has two panels, as the paper's Figures 1-2: ratio bounds [lower, upper] against the
+old probability p, and the allowed probability change q - p = (r - 1) p against p, with DAPO's
+fixed interval, DCPO and the simplex limits (r in [0, 1/p], i.e. q - p in [-p, 1 - p]) beside
+the Band curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from bandpo.band import band, check_delta, check_upper_max
+from bandpo.divergences import DIVERGENCES
+from bandpo.rules import DCPO, FixedClip
+
+DEFAULT_P = (1e-4, 1e-3, 0.01, 0.05, 0.08, 0.1, 0.2, 0.5, 0.8, 0.9, 0.99)
+BAND_COLOURS = {"kl": "#7f9fe0", "tv": "#d9786a", "chi2": "#f2c39a", "reverse_kl": "#7fbf8f", "hellinger": "#a58fd0"}
+
+
+def add_bounds_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--divergence", nargs="+", default=["kl", "tv", "chi2"], choices=sorted(DIVERGENCES),
+                        help="divergences to show (default: kl tv chi2)")
+    parser.add_argument("--delta", type=float, default=0.05, help="trust-region radius (default 0.05; the paper's figures use 0.1)")
+    parser.add_argument("--upper-max", type=float, default=None, help="cap on the upper ratio bound (default: none)")
+    parser.add_argument("--p", type=float, nargs="+", default=list(DEFAULT_P), help="old probabilities for the table")
+    parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="also draw the two figures")
+    parser.add_argument("--log-p", action="store_true", help="logarithmic p axis, to show the tail")
+    parser.add_argument("--eps-low", type=float, default=0.2, help="DAPO / DCPO lower margin for the figure")
+    parser.add_argument("--eps-high", type=float, default=0.28, help="DAPO / DCPO upper margin for the figure")
+
+
+def bounds_table(divergences: list[str], delta: float, p_values: list[float], upper_max: float | None) -> str:
+    """Rows of p, lower, upper and the allowed change of the probability, down and up."""
+    log_p = torch.log(torch.tensor(p_values, dtype=torch.float64))
+    lines = [f"delta = {delta}" + (f", upper_max = {upper_max}" if upper_max is not None else "")]
+    lines.append(f"{'divergence':<11} {'p':>9} {'lower':>10} {'upper':>12} {'dq down':>10} {'dq up':>10}")
+    for name in divergences:
+        lower, upper = band(log_p, delta, name, upper_max=upper_max)
+        for p, lo, up in zip(p_values, lower.tolist(), upper.tolist()):
+            lines.append(f"{name:<11} {p:>9.4g} {lo:>10.5f} {up:>12.5f} {(lo - 1) * p:>+10.5f} {(up - 1) * p:>+10.5f}")
+    return "\n".join(lines)
+
+
+def plot_bounds(
+    path: Path, divergences: list[str], delta: float, eps_low: float, eps_high: float, log_p: bool, upper_max: float | None
+) -> None:
+    """Ratio bounds and probability-change bounds against p, the layout of the paper's figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if log_p:
+        p = torch.logspace(-6, 0, 600, dtype=torch.float64)[:-1]
+    else:
+        p = torch.linspace(1e-4, 1, 600, dtype=torch.float64)[:-1]
+    log_probs = p.log()
+    fixed = FixedClip(eps_low, eps_high).bounds(log_probs)
+    dcpo = DCPO(eps_low, eps_high, upper_max=upper_max).bounds(log_probs)
+    figure, (ratio_axis, change_axis) = plt.subplots(1, 2, figsize=(13, 5))
+
+    def draw(lower, upper, label, **style):
+        ratio_axis.plot(p, lower, label=label, **style)
+        ratio_axis.plot(p, upper, **style)
+        change_axis.plot(p, (lower - 1) * p, label=label, **style)
+        change_axis.plot(p, (upper - 1) * p, **style)
+
+    for name in divergences:
+        lower, upper = band(log_probs, delta, name, upper_max=upper_max)
+        draw(lower, upper, f"BandPO {name} (delta={delta})", color=BAND_COLOURS.get(name), linestyle="-.", linewidth=2.4)
+    draw(*dcpo, f"DCPO (eps={eps_low}/{eps_high})", color="#b9b3dc", linestyle="--", linewidth=1.8)
+    draw(*fixed, f"DAPO clip-higher ({eps_low}/{eps_high})", color="#bbbbbb", linestyle="-", linewidth=2.0)
+    draw(torch.zeros_like(p), 1 / p, "simplex limits [0, 1/p]", color="#222222", linestyle=":", linewidth=2.0)
+
+    ratio_axis.set_ylabel("probability ratio bound")
+    change_axis.set_ylabel("allowed probability change q - p")
+    change_axis.set_ylim(-1, 1)
+    if log_p:
+        ratio_axis.set_yscale("log")
+        ratio_axis.set_ylim(1e-2, 1e6)
+    else:
+        ratio_axis.set_ylim(0, 4)
+    for axis in (ratio_axis, change_axis):
+        axis.set_xlabel("old probability p = pi_old(a|s)")
+        axis.set_xscale("log" if log_p else "linear")
+        axis.set_xlim(p[0].item() if log_p else 0.0, 1)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    ratio_axis.set_title("Ratio bounds")
+    change_axis.set_title("Probability-change bounds")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_bounds(args: argparse.Namespace) -> int:
+    delta = check_delta(args.delta)
+    upper_max = check_upper_max(args.upper_max)
+    bad = [p for p in args.p if not (0 < p <= 1 and math.isfinite(p))]
+    if bad:
+        raise ValueError(f"--p values must lie in (0, 1], got {bad}")
+    print(bounds_table(args.divergence, delta, args.p, upper_max))
+    if args.plot is not None:
+        plot_bounds(args.plot, args.divergence, delta, args.eps_low, args.eps_high, args.log_p, upper_max)
+        print(f"figure written to {args.plot}")
+    return 0
