@@ -18,7 +18,9 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale: bool = True, ep
             f"rewards must be 1-D with a length divisible by group_size={group_size}, "
             f"got shape {tuple(rewards.shape)}"
         )
-    grouped = rewards.view(-1, group_size)
+    if not rewards.is_floating_point():  # verifiers often return ints or bools
+        rewards = rewards.to(torch.get_default_dtype())
+    grouped = rewards.reshape(-1, group_size)
     centred = grouped - grouped.mean(-1, keepdim=True)
     if scale and group_size > 1:
         centred = centred / (grouped.std(-1, keepdim=True) + eps)
@@ -41,6 +43,7 @@ def kl_penalty(log_probs: Tensor, ref_log_probs: Tensor, estimator: str = "k3") 
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """H = logsumexp(z) - sum softmax(z) z over the last axis."""
-    log_normaliser = torch.logsumexp(logits, dim=-1)
-    return log_normaliser - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    """H = logsumexp(z) - sum softmax(z) z over the last axis (-inf logits, masked tokens, add 0)."""
+    probs = torch.softmax(logits, dim=-1)
+    finite_logits = torch.where(probs > 0, logits, 0.0)
+    return torch.logsumexp(logits, dim=-1) - (probs * finite_logits).sum(-1)

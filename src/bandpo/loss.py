@@ -118,9 +118,17 @@ def policy_loss(
     _check_inputs(log_probs, old_log_probs, advantages, mask)
     check_loss_agg_mode(loss_agg_mode)
     _check_dual_clip(dual_clip)
-    if not isinstance(clip, BoundRule):
-        raise ValueError(f"clip must have a bounds(old_log_probs) method, got {type(clip).__name__}")
+    if isinstance(clip, type) or not isinstance(clip, BoundRule):
+        raise ValueError(
+            f"clip must be a bound rule instance such as Band(), FixedClip() or DCPO() (anything with "
+            f"bounds(old_log_probs)), got {clip!r}"
+        )
+    valid = mask != 0
     mask = mask.to(log_probs.dtype)
+    # Padding may hold any log-probability, -inf included: read it as p = 1 with ratio 1, so that
+    # no NaN (-inf - -inf) reaches the loss, its gradient or the metrics.
+    log_probs = torch.where(valid, log_probs, 0.0)
+    old_log_probs = torch.where(valid, old_log_probs, 0.0)
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(log_probs)
     terms = clipped_surrogate(log_probs, old_log_probs, advantages, clip, dual_clip)

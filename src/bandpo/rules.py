@@ -90,8 +90,12 @@ class DCPO:
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             inverse_p = torch.exp(-old_log_probs.clamp(max=0.0))
-            lower = inverse_p.mul(-4.0 * self.eps_low).add_(1.0).clamp_min_(0.0).sqrt_().mul_(0.5).add_(0.5)
-            upper = inverse_p.mul_(4.0 * self.eps_high).add_(1.0).sqrt_().mul_(0.5).add_(0.5)
+
+            def margin(eps: float) -> Tensor:  # 4 eps / p, and 0 (not 0 * inf) for eps = 0
+                return inverse_p.mul(4.0 * eps) if eps > 0 else torch.zeros_like(inverse_p)
+
+            lower = margin(self.eps_low).neg_().add_(1.0).clamp_min_(0.0).sqrt_().mul_(0.5).add_(0.5)
+            upper = margin(self.eps_high).add_(1.0).sqrt_().mul_(0.5).add_(0.5)
             if self.upper_max is not None:
                 upper = upper.clamp_(max=self.upper_max)
         return lower, upper

@@ -1,0 +1,1 @@
+"""Task, data and model plumbing for ``bandpo train`` and ``bandpo compare`` (needs the ``trl`` extra)."""
