@@ -1,12 +1,14 @@
 """Throughput and accuracy of bandpo.band against the published bisection and plain clipping.
 
-    python benchmarks/band_speed.py [--sizes 1e4 1e5 1e6 1e7] [--device cpu|cuda] [--compile]
+    python benchmarks/band_speed.py [--sizes 1e4 1e5 1e6 1e7] [--device cpu|cuda] [--divergences kl tv chi2]
 
 For each N, old log-probs are drawn like an LLM's sampled tokens (most near p = 1, a long tail
 down to p = 1e-8). Prints million tokens per second, the time relative to one exp+clamp pass
 over the same tensor (the cost of plain ratio clipping), the speed-up over the bisection
 baseline measured in the same run, and the maximum relative error against a float64 reference
-(bandpo's float64 path, itself checked against 50-digit mpmath in tests/test_band.py).
+(bandpo's float64 path, itself checked against 50-digit mpmath in tests/test_band.py). Each
+divergence is timed with the eager kernels (``compiled=False``) and the fused ones
+(``compiled=True``; compilation happens in the untimed warm-up call).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 1e7])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile(bandpo.band)")
+    parser.add_argument("--divergences", nargs="+", default=list(bandpo.DIVERGENCES), choices=list(bandpo.DIVERGENCES))
     parser.add_argument("--baseline-max-n", type=float, default=1e6, help="skip the slow baseline above this N")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -75,22 +77,20 @@ def main() -> None:
     print(f"# device={args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else cpu}), "
           f"threads={torch.get_num_threads()}, torch {torch.__version__}, dtype={args.dtype}, delta={DELTA}")
     print(f"{'N':>9} {'method':<22} {'ms/call':>9} {'Mtok/s':>8} {'x exp+clamp':>12} {'speedup vs bisect':>18} {'max rel err':>12}")
-    compiled = torch.compile(bandpo.band, dynamic=True) if args.compile else None
     for n in [int(size) for size in args.sizes]:
         x = sample_old_log_probs(n, args.device, dtype)
-        reference = {name: bandpo.band(x.double(), DELTA, name) for name in bandpo.DIVERGENCES}
+        reference = {name: bandpo.band(x.double(), DELTA, name, compiled=False) for name in args.divergences}
         clip_time = seconds_per_call(lambda: torch.exp(x).clamp_(0.8, 1.28), args.device)
         bisect_time = None
         rows = [("exp+clamp (clip)", clip_time, None)]
         if n <= args.baseline_max_n:
             bisect_time = seconds_per_call(lambda: bisection_kl_bounds(x, DELTA), args.device, max_repeats=3)
             rows.append(("kl bisection (published)", bisect_time, max_relative_error(bisection_kl_bounds(x, DELTA), reference["kl"], FLOORS[dtype])))
-        for name in bandpo.DIVERGENCES:
-            run = lambda name=name: bandpo.band(x, DELTA, name, validate=False)  # noqa: E731
-            rows.append((name, seconds_per_call(run, args.device), max_relative_error(run(), reference[name], FLOORS[dtype])))
-            if compiled is not None and name in ("kl", "tv", "chi2"):
-                run_compiled = lambda name=name: compiled(x, DELTA, name, validate=False)  # noqa: E731
-                rows.append((f"{name} (compiled)", seconds_per_call(run_compiled, args.device), max_relative_error(run_compiled(), reference[name], FLOORS[dtype])))
+        for name in args.divergences:
+            for kernels, compiled in (("eager", False), ("fused", True)):
+                run = lambda name=name, compiled=compiled: bandpo.band(x, DELTA, name, validate=False, compiled=compiled)  # noqa: E731
+                error = max_relative_error(run(), reference[name], FLOORS[dtype])
+                rows.append((f"{name} ({kernels})", seconds_per_call(run, args.device), error))
         for method, seconds, error in rows:
             speedup = f"{bisect_time / seconds:18.1f}" if bisect_time else f"{'-':>18}"
             err = f"{error:12.2e}" if error is not None else f"{'-':>12}"

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from bandpo.numerics import expm1
 from bandpo.shrink import (
     Generator,
     ShrinkSolver,
@@ -98,7 +99,7 @@ def tv_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
 def chi2_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """Pearson chi-square, g = (q - p)^2 / (p (1 - p)):  r = 1 -/+ sqrt(delta (1 - p) / p)."""
     inverse_p = torch.exp(-log_p)
-    reach = torch.expm1(-log_p).mul_(delta).sqrt_()  # (1 - p) / p without cancellation near p = 1
+    reach = expm1(-log_p).mul_(delta).sqrt_()  # (1 - p) / p without cancellation near p = 1
     upper = torch.minimum(reach.add(1.0), inverse_p)
     return reach.neg_().add_(1.0).clamp_min_(0.0), upper
 
@@ -162,7 +163,7 @@ def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) 
         step = value.mul_(m).div_(a).div_(w)  # F / F'
         halley = e.mul_(b).div_(m).div_(w).mul_(step).mul_(-0.5).add_(1.0)  # 1 - F F'' / (2 F'^2)
         u.sub_(step.div_(halley))
-    return torch.exp(-u), -torch.expm1(-u)
+    return torch.exp(-u), -expm1(-u)
 
 
 def _kl_generator(u: Tensor) -> Tensor:

@@ -39,12 +39,14 @@ def _check_eps(name: str, value: float, upper_limit: float | None = None) -> Non
 
 @dataclass(frozen=True)
 class Band:
-    """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see :func:`bandpo.band`)."""
+    """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see :func:`bandpo.band`,
+    which also documents ``validate`` and ``compiled``)."""
 
     divergence: str | Divergence = "kl"
     delta: float = 0.05
     upper_max: float | None = 10.0
     validate: bool = True
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         get_divergence(self.divergence)
@@ -53,7 +55,12 @@ class Band:
 
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
         return band(
-            old_log_probs, self.delta, self.divergence, upper_max=self.upper_max, validate=self.validate
+            old_log_probs,
+            self.delta,
+            self.divergence,
+            upper_max=self.upper_max,
+            validate=self.validate,
+            compiled=self.compiled,
         )
 
 

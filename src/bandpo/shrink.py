@@ -28,6 +28,8 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
+from bandpo.numerics import expm1
+
 Generator = Callable[[Tensor], Tensor]
 
 
@@ -45,7 +47,7 @@ def two_sided_bounds(log_p: Tensor, delta: float, shrink: ShrinkSolver) -> tuple
         lower = s*(p),   upper = 1 + (1 - p) w*(1 - p) / p
     """
     p = torch.exp(log_p)
-    p_complement = -torch.expm1(log_p)
+    p_complement = -expm1(log_p)
     min_log = torch.finfo(log_p.dtype).min
     log_p_complement = torch.log(p_complement).clamp_min(min_log)
     log_p = log_p.clamp_min(min_log)
@@ -101,7 +103,7 @@ def solve_shrink_generic(
 
     def objective(u: Tensor) -> tuple[Tensor, Tensor]:
         s = torch.exp(-u)
-        w = -torch.expm1(-u)
+        w = -expm1(-u)
         own = torch.where(a > 0, a * generator(s), torch.zeros_like(a))
         value = own + _complement_term(generator, a, b, w, slope_at_infinity)
         safe_b = torch.where(b > 0, b, torch.ones_like(b))
@@ -122,4 +124,4 @@ def solve_shrink_generic(
         inside = (newton > lo) & (newton < hi)
         u = torch.where(inside, newton, 0.5 * (lo + hi))
     u = torch.where(saturated, torch.full_like(u, float("inf")), u)
-    return torch.exp(-u), -torch.expm1(-u)
+    return torch.exp(-u), -expm1(-u)
