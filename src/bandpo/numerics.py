@@ -4,7 +4,7 @@ Inductor's CPU kernels evaluate ``expm1(y)`` as ``exp(y) - 1`` (all precision lo
 in float32), so inside a compiled graph we use Kahan's formulation instead:
 
     expm1(y) = y                          if e^y == 1
-             = -1                         if e^y == 0
+             = e^y - 1                    if e^y is 0 or inf
              = (e^y - 1) y / log(e^y)     otherwise (the rounding errors of e^y cancel)
 """
 
@@ -20,4 +20,4 @@ def expm1(y: Tensor) -> Tensor:
         return torch.expm1(y)
     e = torch.exp(y)
     kahan = (e - 1) * y / torch.log(e)
-    return torch.where(e == 1, y, torch.where(e == 0, -1.0, kahan))
+    return torch.where(e == 1, y, torch.where((e == 0) | torch.isinf(e), e - 1, kahan))
