@@ -26,8 +26,10 @@ from torch import Tensor
 from bandpo.numerics import expm1
 from bandpo.shrink import (
     Generator,
+    Perspective,
     ShrinkSolver,
     generator_derivative_by_autograd,
+    perspective_from_generator,
     solve_shrink_generic,
     two_sided_bounds,
 )
@@ -47,6 +49,8 @@ class Divergence:
             probability 0 (decides the bound at p = 1 exactly; +inf for chi2-like generators).
         shrink: a solver of the one-sided problem (see :mod:`bandpo.shrink`); the generic
             bracketed-Newton solver when omitted.
+        perspective: (b, y, log b) -> (b f(y / b), f'(y / b)) for the generic solver, written to
+            stay finite when y / b overflows; formed from f and f' when omitted.
         bounds: a direct (lower, upper) formula from old log-probabilities; bypasses ``shrink``.
         iterations: steps of the generic solver (each halves the bracket at worst).
     """
@@ -56,6 +60,7 @@ class Divergence:
     derivative: Generator | None = None
     slope_at_infinity: float = math.inf
     shrink: ShrinkSolver | None = None
+    perspective: Perspective | None = None
     bounds: BoundsFunction | None = None
     iterations: int = 80
 
@@ -80,8 +85,11 @@ class Divergence:
         self, a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float
     ) -> tuple[Tensor, Tensor]:
         derivative = self.derivative or generator_derivative_by_autograd(self.generator)
+        perspective = self.perspective or perspective_from_generator(
+            self.generator, derivative, self.slope_at_infinity
+        )
         return solve_shrink_generic(
-            self.generator, derivative, self.slope_at_infinity, a, b, delta, self.iterations
+            self.generator, derivative, perspective, a, b, log_b, delta, self.iterations
         )
 
 
@@ -89,18 +97,23 @@ class Divergence:
 
 
 def tv_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    """Total variation, g = |q - p|:  r = 1 -/+ delta / p, clamped to the simplex [0, 1/p]."""
-    inverse_p = torch.exp(-log_p)
-    lower = torch.rsub(inverse_p, 1.0, alpha=delta)
-    upper = torch.rsub(lower, 2.0)
-    return lower.clamp_min_(0.0), torch.minimum(upper, inverse_p, out=upper)
+    """Total variation, g = |q - p|:  r = 1 -/+ delta / p, clamped to the simplex [0, 1/p].
+
+    delta / p is formed as exp(log delta - log p), finite wherever the bound itself is.
+    """
+    reach = torch.rsub(log_p, math.log(delta)).exp_()
+    upper = torch.minimum(reach.add(1.0), torch.exp(-log_p))
+    return reach.neg_().add_(1.0).clamp_min_(0.0), upper
 
 
 def chi2_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    """Pearson chi-square, g = (q - p)^2 / (p (1 - p)):  r = 1 -/+ sqrt(delta (1 - p) / p)."""
-    inverse_p = torch.exp(-log_p)
-    reach = expm1(-log_p).mul_(delta).sqrt_()  # (1 - p) / p without cancellation near p = 1
-    upper = torch.minimum(reach.add(1.0), inverse_p)
+    """Pearson chi-square, g = (q - p)^2 / (p (1 - p)):  r = 1 -/+ sqrt(delta (1 - p) / p).
+
+    The reach is sqrt(delta) sqrt(1 - p) p^(-1/2): 1 - p keeps its precision near p = 1, and no
+    intermediate overflows where the bound is finite.
+    """
+    reach = expm1(log_p).neg_().sqrt_().mul_(torch.exp(log_p * -0.5)).mul_(math.sqrt(delta))
+    upper = torch.minimum(reach.add(1.0), torch.exp(-log_p))
     return reach.neg_().add_(1.0).clamp_min_(0.0), upper
 
 
@@ -116,7 +129,7 @@ def hellinger_shrink(
     """
     cos_theta = max(1.0 - delta / 2.0, -1.0)
     sin_theta = math.sqrt(1.0 - cos_theta * cos_theta)
-    k = torch.sqrt(b / a)
+    k = torch.sqrt(b / a).clamp_max(torch.finfo(a.dtype).max)  # inf * sin(theta) = 0 * inf would be NaN
     root = torch.rsub(k, cos_theta, alpha=sin_theta)
     moving = root > 0
     s = root.clamp_min_(0.0).square_()
@@ -174,12 +187,21 @@ def _reverse_kl_generator(u: Tensor) -> Tensor:
     return torch.xlogy(u, u) - u + 1
 
 
+def _reverse_kl_perspective(b: Tensor, y: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor]:
+    """b f(y / b) = y (log y - log b) - y + b and f'(y / b) = log y - log b, with no y / b."""
+    log_ratio = torch.log(y) - log_b
+    value = torch.where(y > 0, y * log_ratio, torch.zeros_like(y)) - y + b
+    return value, log_ratio
+
+
 KL = Divergence(
     "kl", _kl_generator, derivative=lambda u: 1 - 1 / u, slope_at_infinity=1.0, shrink=kl_shrink
 )
 TV = Divergence("tv", lambda u: torch.abs(u - 1) / 2, slope_at_infinity=0.5, bounds=tv_bounds)
 CHI2 = Divergence("chi2", lambda u: torch.square(u - 1), bounds=chi2_bounds)
-REVERSE_KL = Divergence("reverse_kl", _reverse_kl_generator, derivative=torch.log)
+REVERSE_KL = Divergence(
+    "reverse_kl", _reverse_kl_generator, derivative=torch.log, perspective=_reverse_kl_perspective
+)
 HELLINGER = Divergence(
     "hellinger",
     lambda u: torch.square(torch.sqrt(u) - 1),

@@ -71,29 +71,43 @@ def generator_derivative_by_autograd(generator: Generator) -> Generator:
     return derivative
 
 
-def _complement_term(
-    generator: Generator, a: Tensor, b: Tensor, w: Tensor, slope_at_infinity: float
-) -> Tensor:
-    """b f(1 + a w / b), with its limit w * lim_{x->inf} f(x)/x where b = 0."""
-    safe_b = torch.where(b > 0, b, torch.ones_like(b))
-    regular = safe_b * generator(1 + a * w / safe_b)
-    limit = torch.where(w > 0, w * slope_at_infinity, torch.zeros_like(w))
-    return torch.where(b > 0, regular, limit)
+class Perspective(Protocol):
+    def __call__(self, b: Tensor, y: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor]:
+        """(b f(y / b), f'(y / b)): the complement's term of g_f and the slope of f there."""
+        ...
+
+
+def perspective_from_generator(
+    generator: Generator, derivative: Generator, slope_at_infinity: float
+) -> Perspective:
+    """b f(y / b) and f'(y / b) from f and f'; where b = 0, their limits y * f'(inf) and f'(inf)."""
+
+    def perspective(b: Tensor, y: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor]:
+        positive = b > 0
+        safe_b = torch.where(positive, b, torch.ones_like(b))
+        ratio = y / safe_b
+        limit = torch.where(y > 0, y * slope_at_infinity, torch.zeros_like(y))
+        value = torch.where(positive, safe_b * generator(ratio), limit)
+        slope = torch.where(positive, derivative(ratio), torch.full_like(y, slope_at_infinity))
+        return value, slope
+
+    return perspective
 
 
 def solve_shrink_generic(
     generator: Generator,
     derivative: Generator,
-    slope_at_infinity: float,
+    perspective: Perspective,
     a: Tensor,
     b: Tensor,
+    log_b: Tensor,
     delta: float,
     iterations: int,
 ) -> tuple[Tensor, Tensor]:
     """Solve G(u) = delta for u = -log s by safeguarded Newton on a shrinking bracket.
 
-        G(u)  = a f(e^-u) + b f(1 + a (1 - e^-u) / b)
-        G'(u) = a e^-u [f'(1 + a (1 - e^-u) / b) - f'(e^-u)]
+        G(u)  = a f(s) + b f(y / b),          s = e^-u, y = 1 - a s = b + a (1 - s)
+        G'(u) = a s [f'(y / b) - f'(s)]
 
     G is increasing in u (the ball is convex and contains s = 1). Each of the ``iterations``
     steps takes the Newton point when it falls strictly inside the bracket and the bracket's
@@ -103,12 +117,10 @@ def solve_shrink_generic(
 
     def objective(u: Tensor) -> tuple[Tensor, Tensor]:
         s = torch.exp(-u)
-        w = -expm1(-u)
+        y = b + a * -expm1(-u)
         own = torch.where(a > 0, a * generator(s), torch.zeros_like(a))
-        value = own + _complement_term(generator, a, b, w, slope_at_infinity)
-        safe_b = torch.where(b > 0, b, torch.ones_like(b))
-        slope = a * s * (derivative(1 + a * w / safe_b) - derivative(s))
-        return value - delta, slope
+        complement, complement_slope = perspective(b, y, log_b)
+        return own + complement - delta, a * s * (complement_slope - derivative(s))
 
     zeros = torch.zeros_like(a)
     saturated = objective(torch.full_like(a, float("inf")))[0] <= 0
@@ -124,4 +136,5 @@ def solve_shrink_generic(
         inside = (newton > lo) & (newton < hi)
         u = torch.where(inside, newton, 0.5 * (lo + hi))
     u = torch.where(saturated, torch.full_like(u, float("inf")), u)
+    u = torch.where(torch.isnan(a), a, u)  # a NaN objective never moves the bracket: keep the NaN
     return torch.exp(-u), -expm1(-u)

@@ -23,7 +23,7 @@ from bandpo.rules import METHODS
 PRESETS: dict[str, dict] = {
     # SmolLM2-135M on 2 CPU cores: ~20 s per generation of 32 completions, then two off-policy updates.
     "default": {
-        "max_steps": 40,
+        "max_steps": 24,
         "eval_problems": 64,
         "learning_rate": 2e-5,
         "per_device_train_batch_size": 16,
@@ -48,7 +48,7 @@ COMMON_SETTINGS = {
     "loss_type": "grpo",
     "logging_steps": 1,
     "save_strategy": "steps",
-    "save_steps": 20,
+    "save_steps": 8,
     "save_total_limit": 1,
     "report_to": ["tensorboard"],
     "use_cpu": True,
