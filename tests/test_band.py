@@ -7,6 +7,7 @@ checking and graph safety.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import mpmath
@@ -282,3 +283,37 @@ def test_kl_band_compiles_to_one_graph_and_matches_eager():
     eager_lower, eager_upper = band(x, 0.05, "kl")
     torch.testing.assert_close(lower, eager_lower, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(upper, eager_upper, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
+def test_fused_kernels_give_the_eager_bounds(name):
+    """compiled=True (torch.compile with dynamic shapes and a symbolic delta) computes the same
+    bounds as the eager kernels, ends and saturation included, for two radii in one graph.
+    (reverse_kl's 80-step generic solver takes minutes to compile on 2 cores; scripts/gpu_check.py
+    checks its fused kernel on CUDA.)"""
+    x = torch.cat([torch.tensor([-math.inf, -200.0, 0.0, -1e-30]), -torch.logspace(-9, 1.5, 60)])
+    for delta in (0.05, 0.3):
+        fused = band(x, delta, name, compiled=True)
+        eager = band(x, delta, name, compiled=False)
+        for got, expected in zip(fused, eager):
+            torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
+
+
+def test_large_inputs_take_the_fused_kernels_by_default(monkeypatch):
+    """compiled=None fuses inputs of COMPILE_MIN_TOKENS or more and leaves small ones eager."""
+    band_module = importlib.import_module("bandpo.band")  # the attribute bandpo.band is the function
+
+    calls = []
+
+    def counting_fused_kernels():
+        def run(*args):
+            calls.append(args)
+            return band_module._ratio_bounds(*args)
+
+        return run
+
+    monkeypatch.setattr(band_module, "_fused_ratio_bounds", counting_fused_kernels)
+    band(torch.full((band_module.COMPILE_MIN_TOKENS - 1,), -1.0), 0.05)
+    assert calls == []
+    band(torch.full((band_module.COMPILE_MIN_TOKENS,), -1.0), 0.05)
+    assert len(calls) == 1

@@ -130,10 +130,11 @@ def hellinger_shrink(
     cos_theta = max(1.0 - delta / 2.0, -1.0)
     sin_theta = math.sqrt(1.0 - cos_theta * cos_theta)
     k = torch.sqrt(b / a).clamp_max(torch.finfo(a.dtype).max)  # inf * sin(theta) = 0 * inf would be NaN
-    root = torch.rsub(k, cos_theta, alpha=sin_theta)
+    # (no alpha= arguments: under torch.compile(dynamic=True) a symbolic alpha is mis-applied)
+    root = k.mul(-sin_theta).add_(cos_theta)
     moving = root > 0
     s = root.clamp_min_(0.0).square_()
-    w = torch.rsub(k.square(), 1.0).mul_(sin_theta).add_(k, alpha=2.0 * cos_theta).mul_(sin_theta)
+    w = torch.rsub(k.square(), 1.0).mul_(sin_theta).add_(k.mul(2.0 * cos_theta)).mul_(sin_theta)
     return s, torch.where(moving, w, torch.ones_like(w))
 
 

@@ -23,6 +23,7 @@ of fixed length (no data-dependent control flow, no host synchronisation).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Protocol
 
 import torch
@@ -113,7 +114,7 @@ def solve_shrink_generic(
     steps takes the Newton point when it falls strictly inside the bracket and the bracket's
     midpoint otherwise, then shrinks the bracket; u = +inf (s = 0) when G(inf) <= delta.
     """
-    u_max = -torch.log(torch.tensor(torch.finfo(a.dtype).tiny, dtype=a.dtype)).item() + 1.0
+    u_max = -math.log(torch.finfo(a.dtype).tiny) + 1.0  # e^-u_max is below the smallest normal float
 
     def objective(u: Tensor) -> tuple[Tensor, Tensor]:
         s = torch.exp(-u)
