@@ -10,7 +10,11 @@ Built in: ``kl`` (the paper's forward KL(pi_old || pi_new), f(u) = -log u + u - 
 they exist, a fixed-length Halley iteration for ``kl``, and the generic solver of
 :mod:`bandpo.shrink` for ``reverse_kl`` and any user-defined generator:
 
-    >>> js = Divergence("js", lambda u: u * torch.log(2 * u / (1 + u)) + torch.log(2 / (1 + u)))
+    >>> js = Divergence(  # Jensen-Shannon; lim f(x)/x decides the bound at p = 1 exactly
+    ...     "js",
+    ...     lambda u: torch.xlogy(u, 2 * u / (1 + u)) + torch.log(2 / (1 + u)),
+    ...     slope_at_infinity=math.log(2),
+    ... )
     >>> lower, upper = bandpo.band(old_log_probs, 0.05, js)
 """
 
