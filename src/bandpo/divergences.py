@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from bandpo.numerics import expm1
+from bandpo.numerics import exp_neg_and_complement, expm1
 from bandpo.shrink import (
     Generator,
     Perspective,
@@ -181,7 +181,7 @@ def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) 
         step = value.mul_(m).div_(a).div_(w)  # F / F'
         halley = e.mul_(b).div_(m).div_(w).mul_(step).mul_(-0.5).add_(1.0)  # 1 - F F'' / (2 F'^2)
         u.sub_(step.div_(halley))
-    return torch.exp(-u), -expm1(-u)
+    return exp_neg_and_complement(u)
 
 
 def _kl_generator(u: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ in float32), so inside a compiled graph we use Kahan's formulation instead:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -21,3 +23,15 @@ def expm1(y: Tensor) -> Tensor:
     e = torch.exp(y)
     kahan = (e - 1) * y / torch.log(e)
     return torch.where(e == 1, y, torch.where((e == 0) | torch.isinf(e), e - 1, kahan))
+
+
+def exp_neg_and_complement(u: Tensor) -> tuple[Tensor, Tensor]:
+    """(e^-u, 1 - e^-u) for u >= 0, with e^-u read as 0 once it is below the smallest normal float.
+
+    exp() of arguments in or below the underflow range takes a slow path (20-50x on CPU); the
+    values lost are below 1e-37 (float32) / 1e-304 (float64), far under any bound's tolerance.
+    """
+    cutoff = -math.log(torch.finfo(u.dtype).tiny) - 1.0
+    e = torch.exp(u.clamp(max=cutoff).neg_()).mul_(u < cutoff)
+    # past u = 40, 1 - e^-u rounds to 1 in float64 too; expm1 is slow near underflow as well
+    return e, expm1(u.clamp(max=40.0).neg_()).neg_()

@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from bandpo.numerics import expm1
+from bandpo.numerics import exp_neg_and_complement, expm1
 
 Generator = Callable[[Tensor], Tensor]
 
@@ -138,4 +138,4 @@ def solve_shrink_generic(
         u = torch.where(inside, newton, 0.5 * (lo + hi))
     u = torch.where(saturated, torch.full_like(u, float("inf")), u)
     u = torch.where(torch.isnan(a), a, u)  # a NaN objective never moves the bracket: keep the NaN
-    return torch.exp(-u), -expm1(-u)
+    return exp_neg_and_complement(u)
