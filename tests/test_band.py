@@ -317,3 +317,16 @@ def test_large_inputs_take_the_fused_kernels_by_default(monkeypatch):
     assert calls == []
     band(torch.full((band_module.COMPILE_MIN_TOKENS,), -1.0), 0.05)
     assert len(calls) == 1
+
+
+def test_generic_solver_divergences_stay_eager_by_default(monkeypatch):
+    """compiled=None never fuses the generic solver (reverse_kl, user divergences): its unrolled
+    graph takes minutes to compile."""
+    band_module = importlib.import_module("bandpo.band")
+
+    def failing_fused_kernels():
+        raise AssertionError("the fused kernels were requested")
+
+    monkeypatch.setattr(band_module, "_fused_ratio_bounds", failing_fused_kernels)
+    lower, upper = band(torch.full((band_module.COMPILE_MIN_TOKENS,), -1.0), 0.05, "reverse_kl")
+    assert lower.shape == upper.shape == (band_module.COMPILE_MIN_TOKENS,)

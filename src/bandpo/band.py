@@ -87,7 +87,9 @@ def _bounds_fused_or_eager(
 ) -> tuple[Tensor, Tensor]:
     """The fused kernels where asked (or, for ``compiled=None``, where the input is large)."""
     if compiled is None:
-        compiled = log_p.numel() >= COMPILE_MIN_TOKENS and not torch.compiler.is_compiling()
+        # The generic solver's 80 unrolled steps take minutes to compile: fuse it only on request.
+        solver_is_short = rule.bounds is not None or rule.shrink is not None
+        compiled = solver_is_short and log_p.numel() >= COMPILE_MIN_TOKENS and not torch.compiler.is_compiling()
     if compiled and not _FUSED_FAILED:
         try:
             return _fused_ratio_bounds()(log_p, delta, rule, upper_max)
@@ -123,7 +125,9 @@ def band(
         compiled: run the fused kernels built by ``torch.compile`` (one kernel for the whole
             solver, 10-50x fewer memory passes; the first call of each divergence/dtype/device
             compiles for 5-30 s). ``None`` (default) fuses inputs of at least 65,536 tokens,
-            where it pays off, outside an enclosing ``torch.compile``. If compilation fails (no
+            where it pays off, outside an enclosing ``torch.compile``, for divergences with a
+            closed form or a dedicated solver (the generic solver of ``reverse_kl`` and
+            user-defined divergences takes minutes to compile and is fused only with ``True``). If compilation fails (no
             C++ compiler, say) a warning is logged once and the eager kernels are used.
 
     Returns:
