@@ -14,7 +14,13 @@ pytest.importorskip("trl")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from datasets import Dataset  # noqa: E402
-from tiny_models import build_tiny_model, build_tiny_tokenizer, save_tiny_model  # noqa: E402
+from tiny_models import (  # noqa: E402
+    TINY_TRAINING_ARGS,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    reward_sevens,
+    save_tiny_model,
+)
 from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
@@ -22,21 +28,6 @@ from bandpo import Band, policy_loss  # noqa: E402
 from bandpo.integrations.trl import BandPOConfig, BandPOTrainer, never_off_policy  # noqa: E402
 
 TESTS = Path(__file__).parent
-COMMON = dict(
-    per_device_train_batch_size=4,
-    num_generations=4,
-    max_completion_length=6,
-    report_to=[],
-    save_strategy="no",
-    use_cpu=True,
-    bf16=False,
-    logging_steps=1,
-    seed=0,
-)
-
-
-def reward_sevens(completions, **trl_columns):
-    return [float(completion[0]["content"].count("7")) for completion in completions]
 
 
 def prompt_dataset(count=16):
@@ -73,22 +64,22 @@ def make_trainer(trainer_class, args, model=None, tokenizer=None):
 )
 def test_bad_config_names_the_field(tmp_path, fields, message):
     with pytest.raises(ValueError, match=message):
-        BandPOConfig(output_dir=str(tmp_path), **COMMON, **fields)
+        BandPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS, **fields)
 
 
 def test_config_rules_and_defaults(tmp_path):
-    band = BandPOConfig(output_dir=str(tmp_path), **COMMON).bound_rule()
+    band = BandPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS).bound_rule()
     assert isinstance(band, Band) and band.delta == 0.05 and band.divergence == "kl" and band.upper_max == 10.0
-    higher = BandPOConfig(output_dir=str(tmp_path), clip_method="clip-higher", **COMMON)
+    higher = BandPOConfig(output_dir=str(tmp_path), clip_method="clip-higher", **TINY_TRAINING_ARGS)
     assert higher.epsilon_high == 0.28
     lower, upper = higher.bound_rule().bounds(torch.tensor([-1.0]))
     assert lower.item() == pytest.approx(0.8) and upper.item() == pytest.approx(1.28)
-    assert isinstance(BandPOConfig(output_dir=str(tmp_path), **COMMON), GRPOConfig)
+    assert isinstance(BandPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS), GRPOConfig)
 
 
 def test_never_off_policy_follows_trl(tmp_path):
     def config(**fields):
-        return BandPOConfig(output_dir=str(tmp_path), **{**COMMON, **fields})
+        return BandPOConfig(output_dir=str(tmp_path), **{**TINY_TRAINING_ARGS, **fields})
 
     assert never_off_policy(config(num_iterations=1))
     assert not never_off_policy(config(num_iterations=2))
@@ -99,17 +90,17 @@ def test_never_off_policy_follows_trl(tmp_path):
 
 def test_on_policy_configuration_warns_loudly(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bandpo.integrations.trl"):
-        make_trainer(BandPOTrainer, BandPOConfig(output_dir=str(tmp_path), num_iterations=1, **COMMON))
+        make_trainer(BandPOTrainer, BandPOConfig(output_dir=str(tmp_path), num_iterations=1, **TINY_TRAINING_ARGS))
     assert "NEVER BIND" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bandpo.integrations.trl"):
-        make_trainer(BandPOTrainer, BandPOConfig(output_dir=str(tmp_path), num_iterations=2, **COMMON))
+        make_trainer(BandPOTrainer, BandPOConfig(output_dir=str(tmp_path), num_iterations=2, **TINY_TRAINING_ARGS))
     assert "NEVER BIND" not in caplog.text
 
 
 def test_trainer_requires_bandpo_config(tmp_path):
     with pytest.raises(TypeError, match="BandPOConfig"):
-        make_trainer(BandPOTrainer, GRPOConfig(output_dir=str(tmp_path), **COMMON))
+        make_trainer(BandPOTrainer, GRPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS))
 
 
 # --- the loss on a fixed batch -------------------------------------------------------------------
@@ -156,7 +147,7 @@ def loss_and_gradients(trainer, inputs):
 def test_fixed_clip_matches_trl(tmp_path, loss_type, beta):
     model_dir = str(save_tiny_model(tmp_path / "tiny"))  # a path, so that TRL builds the reference model for beta
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    shared = dict(COMMON, output_dir=str(tmp_path), loss_type=loss_type, beta=beta, num_iterations=2)
+    shared = dict(TINY_TRAINING_ARGS, output_dir=str(tmp_path), loss_type=loss_type, beta=beta, num_iterations=2)
     ours = make_trainer(
         BandPOTrainer, BandPOConfig(clip_method="clip-higher", epsilon=0.2, epsilon_high=0.28, **shared), model_dir, tokenizer
     )
@@ -179,7 +170,7 @@ def test_band_loss_matches_core_policy_loss(tmp_path, loss_type, agg_mode):
     tokenizer = build_tiny_tokenizer()
     trainer = make_trainer(
         BandPOTrainer,
-        BandPOConfig(output_dir=str(tmp_path), loss_type=loss_type, num_iterations=2, bandpo_delta=0.002, **COMMON),
+        BandPOConfig(output_dir=str(tmp_path), loss_type=loss_type, num_iterations=2, bandpo_delta=0.002, **TINY_TRAINING_ARGS),
         tokenizer=tokenizer,
     )
     inputs = fixed_batch(trainer)
@@ -211,7 +202,7 @@ def test_band_loss_matches_core_policy_loss(tmp_path, loss_type, agg_mode):
 
 def test_band_bounds_bind_when_training_off_policy(tmp_path):
     args = BandPOConfig(
-        output_dir=str(tmp_path), num_iterations=2, learning_rate=1e-1, bandpo_delta=0.001, max_steps=4, **COMMON
+        output_dir=str(tmp_path), num_iterations=2, learning_rate=1e-1, bandpo_delta=0.001, max_steps=4, **TINY_TRAINING_ARGS
     )
     trainer = make_trainer(BandPOTrainer, args)
     trainer.train()

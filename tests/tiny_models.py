@@ -1,4 +1,5 @@
-"""A tiny causal LM and a word-level tokenizer built locally (no hub access), for fast tests."""
+"""A tiny causal LM, a word-level tokenizer (built locally, no hub access) and the TRL settings and
+reward that the BandPO trainer tests share."""
 
 from __future__ import annotations
 
@@ -53,3 +54,22 @@ def save_tiny_model(directory: Path, seed: int = 0) -> Path:
     build_tiny_model(tokenizer, seed).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+TINY_TRAINING_ARGS = dict(
+    per_device_train_batch_size=4,
+    num_generations=4,
+    max_completion_length=6,
+    report_to=[],
+    save_strategy="no",
+    use_cpu=True,
+    bf16=False,
+    logging_steps=1,
+    seed=0,
+)
+"""GRPOConfig fields of every tiny trainer run: CPU, no checkpoints or trackers, short completions."""
+
+
+def reward_sevens(completions, **trl_columns):
+    """A verifiable toy reward: the number of 7s in each (conversational) completion."""
+    return [float(completion[0]["content"].count("7")) for completion in completions]

@@ -7,13 +7,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from datasets import Dataset  # noqa: E402
-from tiny_models import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from tiny_models import TINY_TRAINING_ARGS, build_tiny_model, build_tiny_tokenizer, reward_sevens  # noqa: E402
 
 from bandpo.integrations.trl import BandPOConfig, BandPOTrainer  # noqa: E402
-
-
-def reward_sevens(completions, **trl_columns):
-    return [float(completion[0]["content"].count("7")) for completion in completions]
 
 
 def main(output_dir: str) -> None:
@@ -21,19 +17,11 @@ def main(output_dir: str) -> None:
     prompts = [[{"role": "user", "content": f"what is {i} + {i % 3} ?"}] for i in range(32)]
     args = BandPOConfig(
         output_dir=output_dir,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=6,
         num_iterations=2,
         learning_rate=5e-2,
         bandpo_delta=0.01,
         max_steps=3,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
+        **TINY_TRAINING_ARGS,
     )
     trainer = BandPOTrainer(
         model=build_tiny_model(tokenizer),
