@@ -6,15 +6,19 @@ For each N, old log-probs are drawn like an LLM's sampled tokens (most near p = 
 down to p = 1e-8). Prints million tokens per second, the time relative to one exp+clamp pass
 over the same tensor (the cost of plain ratio clipping), the speed-up over the bisection
 baseline measured in the same run, and the maximum relative error against a float64 reference
-(bandpo's float64 path, itself checked against 50-digit mpmath in tests/test_band.py). Each
-divergence is timed with the eager kernels (``compiled=False``) and the fused ones
-(``compiled=True``; compilation happens in the untimed warm-up call).
+(bandpo's float64 path, itself checked against 50-digit mpmath in tests/test_divergences.py). Each
+divergence is timed with every kernel that applies: ``eager`` (PyTorch operations), ``fused``
+(torch.compile; compiled in the untimed warm-up call) and, on the CPU for kl, tv and chi2,
+``native`` (bandpo.cpu_kernels). Methods are timed in interleaved rounds and reported as medians,
+so that a noisy machine slows all of them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bisection_baseline import bisection_kl_bounds  # noqa: E402
 
 import bandpo  # noqa: E402
+from bandpo import cpu_kernels  # noqa: E402
 
 DELTA = 0.05
 FLOORS = {torch.float32: 1e-6, torch.float64: 1e-12}
@@ -43,15 +48,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def seconds_per_call(fn, device: str, min_time: float = 0.3, max_repeats: int = 50) -> float:
-    fn()
-    synchronize(device)
-    repeats, start = 0, time.perf_counter()
-    while repeats < max_repeats and (repeats < 3 or time.perf_counter() - start < min_time):
+def median_seconds(methods: dict, device: str, rounds: int) -> dict:
+    """Median seconds per call of each method, timed in ``rounds`` interleaved rounds."""
+    times = {name: [] for name in methods}
+    for fn in methods.values():  # warm-up: builds and compiles
         fn()
-        repeats += 1
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def max_relative_error(bounds, reference, floor: float) -> float:
@@ -71,6 +80,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--divergences", nargs="+", default=list(bandpo.DIVERGENCES), choices=list(bandpo.DIVERGENCES))
     parser.add_argument("--baseline-max-n", type=float, default=1e6, help="skip the slow baseline above this N")
+    parser.add_argument("--rounds", type=int, default=30, help="timing rounds at N = 1e5 (fewer for larger N, at least 5)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     cpu = platform.processor() or platform.machine()
@@ -79,22 +89,26 @@ def main() -> None:
     print(f"{'N':>9} {'method':<22} {'ms/call':>9} {'Mtok/s':>8} {'x exp+clamp':>12} {'speedup vs bisect':>18} {'max rel err':>12}")
     for n in [int(size) for size in args.sizes]:
         x = sample_old_log_probs(n, args.device, dtype)
-        reference = {name: bandpo.band(x.double(), DELTA, name, compiled=False) for name in args.divergences}
-        clip_time = seconds_per_call(lambda: torch.exp(x).clamp_(0.8, 1.28), args.device)
-        bisect_time = None
-        rows = [("exp+clamp (clip)", clip_time, None)]
+        reference = {name: bandpo.band(x.double(), DELTA, name, kernel="eager") for name in args.divergences}
+        methods = {"exp+clamp (clip)": lambda: torch.exp(x).clamp_(0.8, 1.28)}
+        errors = {}
         if n <= args.baseline_max_n:
-            bisect_time = seconds_per_call(lambda: bisection_kl_bounds(x, DELTA), args.device, max_repeats=3)
-            rows.append(("kl bisection (published)", bisect_time, max_relative_error(bisection_kl_bounds(x, DELTA), reference["kl"], FLOORS[dtype])))
+            methods["kl bisection (published)"] = lambda: bisection_kl_bounds(x, DELTA)
+            errors["kl bisection (published)"] = max_relative_error(bisection_kl_bounds(x, DELTA), reference["kl"], FLOORS[dtype])
         for name in args.divergences:
-            for kernels, compiled in (("eager", False), ("fused", True)):
-                run = lambda name=name, compiled=compiled: bandpo.band(x, DELTA, name, validate=False, compiled=compiled)  # noqa: E731
-                error = max_relative_error(run(), reference[name], FLOORS[dtype])
-                rows.append((f"{name} ({kernels})", seconds_per_call(run, args.device), error))
-        for method, seconds, error in rows:
-            speedup = f"{bisect_time / seconds:18.1f}" if bisect_time else f"{'-':>18}"
-            err = f"{error:12.2e}" if error is not None else f"{'-':>12}"
-            print(f"{n:>9} {method:<22} {seconds * 1e3:9.3f} {n / seconds / 1e6:8.1f} {seconds / clip_time:12.2f} {speedup} {err}")
+            for kernel in ("eager", "fused", "native"):
+                if kernel == "native" and not cpu_kernels.supports(x, bandpo.DIVERGENCES[name]):
+                    continue
+                run = functools.partial(bandpo.band, x, DELTA, name, validate=False, kernel=kernel)
+                methods[f"{name} ({kernel})"] = run
+                errors[f"{name} ({kernel})"] = max_relative_error(run(), reference[name], FLOORS[dtype])
+        seconds = median_seconds(methods, args.device, rounds=max(5, min(args.rounds, int(args.rounds * 1e5 / n))))
+        clip_time, bisect_time = seconds["exp+clamp (clip)"], seconds.get("kl bisection (published)")
+        for method, time_per_call in seconds.items():
+            speedup = f"{bisect_time / time_per_call:18.1f}" if bisect_time else f"{'-':>18}"
+            err = f"{errors[method]:12.2e}" if method in errors else f"{'-':>12}"
+            print(f"{n:>9} {method:<22} {time_per_call * 1e3:9.3f} {n / time_per_call / 1e6:8.1f} "
+                  f"{time_per_call / clip_time:12.2f} {speedup} {err}")
 
 
 if __name__ == "__main__":

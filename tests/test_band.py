@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bandpo import Divergence, band
+from bandpo import DIVERGENCES, Divergence, band
 from mp_reference import two_point_divergence
 
 NAMES = ("kl", "tv", "chi2", "reverse_kl", "hellinger")
@@ -264,10 +264,20 @@ def test_upper_max_must_be_at_least_one(cap):
         band(torch.zeros(2), 0.05, upper_max=cap)
 
 
-@pytest.mark.parametrize("compiled", ["yes", "auto"])
-def test_compiled_must_be_none_true_or_false(compiled):
-    with pytest.raises(ValueError, match="compiled"):
-        band(torch.zeros(2), 0.05, compiled=compiled)
+@pytest.mark.parametrize("kernel", ["compiled", "AUTO", None, True])
+def test_kernel_must_be_one_of_the_choices(kernel):
+    with pytest.raises(ValueError, match="kernel must be one of 'auto', 'eager', 'fused', 'native'"):
+        band(torch.zeros(2), 0.05, kernel=kernel)
+
+
+@pytest.mark.parametrize(
+    "x, name",
+    [(torch.zeros(4, dtype=torch.float64), "kl"), (torch.zeros(4), "hellinger"), (torch.zeros(4), "reverse_kl")],
+    ids=["float64", "hellinger", "reverse_kl"],
+)
+def test_native_kernel_refuses_what_it_does_not_compute(x, name):
+    with pytest.raises(ValueError, match="kernel='native' computes kl, tv and chi2"):
+        band(x, 0.05, name, kernel="native")
 
 
 # --- graph safety ----------------------------------------------------------------------------
@@ -287,22 +297,57 @@ def test_kl_band_compiles_to_one_graph_and_matches_eager():
 
 @pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
 def test_fused_kernels_give_the_eager_bounds(name):
-    """compiled=True (torch.compile with dynamic shapes and a symbolic delta) computes the same
+    """kernel="fused" (torch.compile with dynamic shapes and a symbolic delta) computes the same
     bounds as the eager kernels, ends and saturation included, for two radii in one graph.
     (reverse_kl's 80-step generic solver takes minutes to compile on 2 cores; scripts/gpu_check.py
     checks its fused kernel on CUDA.)"""
     x = torch.cat([torch.tensor([-math.inf, -200.0, 0.0, -1e-30]), -torch.logspace(-9, 1.5, 60)])
     for delta in (0.05, 0.3):
-        fused = band(x, delta, name, compiled=True)
-        eager = band(x, delta, name, compiled=False)
+        fused = band(x, delta, name, kernel="fused")
+        eager = band(x, delta, name, kernel="eager")
         for got, expected in zip(fused, eager):
             torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
 
 
-def test_large_inputs_take_the_fused_kernels_by_default(monkeypatch):
-    """compiled=None fuses inputs of COMPILE_MIN_TOKENS or more and leaves small ones eager."""
-    band_module = importlib.import_module("bandpo.band")  # the attribute bandpo.band is the function
+# --- which kernel "auto" takes ----------------------------------------------------------------
 
+band_module = importlib.import_module("bandpo.band")  # the attribute bandpo.band is the function
+LARGE = band_module.COMPILE_MIN_TOKENS
+
+
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2"])
+@pytest.mark.parametrize("size", [1, LARGE])
+def test_auto_takes_the_cpu_kernels_for_float32_kl_tv_chi2(name, size):
+    x = torch.full((size,), -1.0)
+    assert band_module.choose_kernel("auto", x, DIVERGENCES[name]) == "native"
+
+
+@pytest.mark.parametrize(
+    "x, name, expected",
+    [
+        (torch.full((LARGE,), -1.0, dtype=torch.float64), "kl", "fused"),
+        (torch.full((LARGE - 1,), -1.0, dtype=torch.float64), "kl", "eager"),
+        (torch.full((LARGE,), -1.0), "hellinger", "fused"),
+        (torch.full((LARGE - 1,), -1.0), "hellinger", "eager"),
+        (torch.full((LARGE,), -1.0), "reverse_kl", "eager"),  # the generic solver compiles for minutes
+        (torch.full((LARGE,), -1.0), JS, "eager"),
+    ],
+    ids=["f64-large", "f64-small", "hellinger-large", "hellinger-small", "reverse_kl-large", "user-large"],
+)
+def test_auto_elsewhere_fuses_large_inputs_of_short_solvers(x, name, expected):
+    assert band_module.choose_kernel("auto", x, DIVERGENCES.get(name, name)) == expected
+
+
+def test_a_user_divergence_named_kl_is_not_the_builtin_kernel():
+    impostor = Divergence("kl", lambda u: (u - 1) ** 2)
+    x = torch.full((LARGE,), -1.0)
+    assert band_module.choose_kernel("auto", x, impostor) == "eager"
+    with pytest.raises(ValueError, match="kernel='native'"):
+        band(x, 0.05, impostor, kernel="native")
+
+
+def test_auto_fuses_large_inputs_when_the_cpu_kernels_are_unavailable(monkeypatch):
+    monkeypatch.setattr(band_module.cpu_kernels, "available", lambda: False)
     calls = []
 
     def counting_fused_kernels():
@@ -313,20 +358,19 @@ def test_large_inputs_take_the_fused_kernels_by_default(monkeypatch):
         return run
 
     monkeypatch.setattr(band_module, "_fused_ratio_bounds", counting_fused_kernels)
-    band(torch.full((band_module.COMPILE_MIN_TOKENS - 1,), -1.0), 0.05)
+    band(torch.full((LARGE - 1,), -1.0), 0.05)
     assert calls == []
-    band(torch.full((band_module.COMPILE_MIN_TOKENS,), -1.0), 0.05)
+    band(torch.full((LARGE,), -1.0), 0.05)
     assert len(calls) == 1
 
 
 def test_generic_solver_divergences_stay_eager_by_default(monkeypatch):
-    """compiled=None never fuses the generic solver (reverse_kl, user divergences): its unrolled
+    """kernel="auto" never fuses the generic solver (reverse_kl, user divergences): its unrolled
     graph takes minutes to compile."""
-    band_module = importlib.import_module("bandpo.band")
 
     def failing_fused_kernels():
         raise AssertionError("the fused kernels were requested")
 
     monkeypatch.setattr(band_module, "_fused_ratio_bounds", failing_fused_kernels)
-    lower, upper = band(torch.full((band_module.COMPILE_MIN_TOKENS,), -1.0), 0.05, "reverse_kl")
-    assert lower.shape == upper.shape == (band_module.COMPILE_MIN_TOKENS,)
+    lower, upper = band(torch.full((LARGE,), -1.0), 0.05, "reverse_kl")
+    assert lower.shape == upper.shape == (LARGE,)

@@ -58,18 +58,27 @@ def assert_close_to_reference(got, reference, rtol, atol, label):
 # --- accuracy ------------------------------------------------------------------------------
 
 
+NATIVE = ("kl", "tv", "chi2")  # the divergences of bandpo.cpu_kernels (float32 on the CPU)
+
+
+def kernel_cases(float64, float32):
+    """(name, dtype, kernel, rtol, atol) for every divergence and kernel that computes it."""
+    return [
+        pytest.param(name, dtype, kernel, rtol, atol, id=f"{name}-{dtype_id}-{kernel}")
+        for name in NAMES
+        for dtype, dtype_id, (rtol, atol) in ((torch.float64, "f64", float64), (torch.float32, "f32", float32))
+        for kernel in ("eager", "native")
+        if kernel == "eager" or (dtype == torch.float32 and name in NATIVE)
+    ]
+
+
 @pytest.mark.parametrize("delta", [0.01, 0.05, 0.5])
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(
-    "dtype, rtol, atol",
-    [(torch.float64, 1e-9, 1e-12), (torch.float32, 2e-5, 1e-6)],
-    ids=["f64", "f32"],
-)
-def test_bounds_match_the_50_digit_reference(name, delta, dtype, rtol, atol):
+@pytest.mark.parametrize("name, dtype, kernel, rtol, atol", kernel_cases((1e-9, 1e-12), (2e-5, 1e-6)))
+def test_bounds_match_the_50_digit_reference(name, delta, dtype, kernel, rtol, atol):
     """|bound - exact root of g_f(p, r) = delta| <= max(rtol |exact|, atol) for p in
     [1e-12, 1 - 1e-10]; float32 is compared with the reference of its own (rounded) input."""
     log_p = torch.tensor(GRID, dtype=dtype)
-    lower, upper = band(log_p, delta, name)
+    lower, upper = band(log_p, delta, name, kernel=kernel)
     references = [reference_bounds(name, float(x), delta) for x in log_p.tolist()]
     assert_close_to_reference(lower.tolist(), [r[0] for r in references], rtol, atol, "lower")
     assert_close_to_reference(upper.tolist(), [r[1] for r in references], rtol, atol, "upper")
@@ -285,25 +294,21 @@ def test_kl_upper_grows_like_one_minus_exp_minus_delta_over_p(delta, dtype, log_
     np.testing.assert_allclose(new_probability.numpy(), -math.expm1(-delta), rtol=rtol)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(
-    "dtype, log_ps, rtol, atol",
-    [
-        (torch.float64, [-700.0, -740.0, -1e-300, -1e-320], 1e-9, 1e-12),
-        (torch.float32, [-85.0, -88.0, -90.0, -100.0, -1e-30, -1e-40, -1e-44], 2e-5, 1e-6),
-    ],
-    ids=["f64", "f32"],
-)
-def test_bounds_match_the_reference_at_the_edges_of_the_float_range(
-    name, dtype, log_ps, rtol, atol
-):
+EDGES = {
+    torch.float64: [-700.0, -740.0, -1e-300, -1e-320],
+    torch.float32: [-85.0, -88.0, -90.0, -100.0, -103.0, -1e-30, -1e-40, -1e-44],
+}
+
+
+@pytest.mark.parametrize("name, dtype, kernel, rtol, atol", kernel_cases((1e-9, 1e-12), (2e-5, 1e-6)))
+def test_bounds_match_the_reference_at_the_edges_of_the_float_range(name, dtype, kernel, rtol, atol):
     """Old probabilities down to the subnormal range, and within a subnormal of 1, still give the
     exact bounds (or +inf where the exact upper bound exceeds the largest float)."""
     largest = torch.finfo(dtype).max
     failures = []
     for delta in (0.05, 0.5):
-        log_p = torch.tensor(log_ps, dtype=dtype)
-        lower, upper = band(log_p, delta, name)
+        log_p = torch.tensor(EDGES[dtype], dtype=dtype)
+        lower, upper = band(log_p, delta, name, kernel=kernel)
         for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist()):
             ref_lower, ref_upper = reference_bounds(name, x, delta)
             where = f"delta={delta}, log p={x!r}"

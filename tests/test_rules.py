@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from bandpo import DCPO, METHODS, Band, BoundRule, FixedClip, make_rule
+from bandpo import DCPO, METHODS, Band, BoundRule, FixedClip, band, make_rule
 
 
 def log_p(*probabilities: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -301,3 +301,17 @@ def test_make_rule_validates_through_the_rule():
         make_rule("clip", eps_low=-0.2)
     with pytest.raises(ValueError, match="delta"):
         make_rule("band", delta=0.0)
+
+
+@pytest.mark.parametrize("kernel", ["compiled", None])
+def test_band_rejects_an_unknown_kernel(kernel):
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        Band("kl", 0.05, kernel=kernel)
+
+
+@pytest.mark.parametrize("kernel", ["eager", "native"])
+def test_band_passes_its_kernel_to_the_operator(kernel):
+    old_log_probs = -torch.rand(3, 40) * 10
+    expected = band(old_log_probs, 0.05, "kl", upper_max=10.0, kernel="eager")
+    for got, reference in zip(Band("kl", 0.05, kernel=kernel).bounds(old_log_probs), expected):
+        torch.testing.assert_close(got, reference, rtol=2e-5, atol=1e-6)

@@ -19,13 +19,17 @@ import math
 import torch
 from torch import Tensor
 
+from bandpo import cpu_kernels
 from bandpo.divergences import Divergence, get_divergence
 
 POSITIVE_LOG_PROB_TOLERANCE = 1e-4
 """Log-probabilities up to this much above 0 are rounding noise and read as 0 (p = 1)."""
 
 COMPILE_MIN_TOKENS = 1 << 16
-"""With ``compiled=None``, inputs at least this large use the fused (torch.compile) kernels."""
+"""With ``kernel="auto"``, inputs at least this large use the fused (torch.compile) kernels
+unless the CPU kernels apply."""
+
+KERNELS = ("auto", "eager", "fused", "native")
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,13 @@ def check_upper_max(upper_max: float | None) -> float | None:
     if isinstance(upper_max, bool) or not isinstance(upper_max, (int, float)) or not upper_max >= 1:
         raise ValueError(f"upper_max must be None or a number >= 1, got {upper_max!r}")
     return float(upper_max)
+
+
+def check_kernel(kernel: str) -> str:
+    """``kernel``, or ValueError unless it is one of KERNELS."""
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(map(repr, KERNELS))}, got {kernel!r}")
+    return kernel
 
 
 def _must_validate(tensor: Tensor) -> bool:
@@ -82,15 +93,32 @@ def _fused_ratio_bounds():
 _FUSED_FAILED: list[str] = []
 
 
-def _bounds_fused_or_eager(
-    log_p: Tensor, delta: float, rule: Divergence, upper_max: float | None, compiled: bool | None
+def choose_kernel(kernel: str, log_p: Tensor, rule: Divergence) -> str:
+    """The kernel that computes the bounds of ``log_p`` (already in the compute dtype).
+
+    ``"auto"``: inside an enclosing torch.compile, eager (traced into its graph); else the CPU
+    kernels where they apply; else fused for inputs of COMPILE_MIN_TOKENS or more whose divergence
+    has a closed form or a dedicated solver (the generic solver's 80 unrolled steps take minutes
+    to compile); else eager.
+    """
+    if kernel == "native":
+        cpu_kernels.check_supported(log_p, rule)
+    if kernel != "auto":
+        return kernel
+    if torch.compiler.is_compiling():
+        return "eager"
+    if cpu_kernels.supports(log_p, rule) and cpu_kernels.available():
+        return "native"
+    solver_is_short = rule.bounds is not None or rule.shrink is not None
+    return "fused" if solver_is_short and log_p.numel() >= COMPILE_MIN_TOKENS else "eager"
+
+
+def _bounds(
+    log_p: Tensor, delta: float, rule: Divergence, upper_max: float | None, kernel: str
 ) -> tuple[Tensor, Tensor]:
-    """The fused kernels where asked (or, for ``compiled=None``, where the input is large)."""
-    if compiled is None:
-        # The generic solver's 80 unrolled steps take minutes to compile: fuse it only on request.
-        solver_is_short = rule.bounds is not None or rule.shrink is not None
-        compiled = solver_is_short and log_p.numel() >= COMPILE_MIN_TOKENS and not torch.compiler.is_compiling()
-    if compiled and not _FUSED_FAILED:
+    if kernel == "native":
+        return cpu_kernels.ratio_bounds(log_p, delta, rule, upper_max)
+    if kernel == "fused" and not _FUSED_FAILED:
         try:
             return _fused_ratio_bounds()(log_p, delta, rule, upper_max)
         except Exception as error:  # no C++ compiler / Triton, an unsupported platform, ...
@@ -106,7 +134,7 @@ def band(
     *,
     upper_max: float | None = None,
     validate: bool = True,
-    compiled: bool | None = None,
+    kernel: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Ratio bounds (lower, upper) of the f-divergence trust region of radius ``delta``.
 
@@ -122,13 +150,17 @@ def band(
             reduction and, on accelerators, one host synchronisation; it is skipped inside
             ``torch.compile`` and CUDA-graph capture. Without it, NaN inputs give NaN bounds and
             positive inputs are read as 0.
-        compiled: run the fused kernels built by ``torch.compile`` (one kernel for the whole
-            solver, 10-50x fewer memory passes; the first call of each divergence/dtype/device
-            compiles for 5-30 s). ``None`` (default) fuses inputs of at least 65,536 tokens,
-            where it pays off, outside an enclosing ``torch.compile``, for divergences with a
-            closed form or a dedicated solver (the generic solver of ``reverse_kl`` and
-            user-defined divergences takes minutes to compile and is fused only with ``True``). If compilation fails (no
-            C++ compiler, say) a warning is logged once and the eager kernels are used.
+        kernel: how the bounds are computed; every kernel gives the same bounds to rounding.
+            ``"eager"``: PyTorch operations (any device and dtype, safe in CUDA graphs).
+            ``"fused"``: one kernel built by torch.compile (the first call for each divergence,
+            dtype and device compiles for 5-30 s, minutes for the generic solver); if
+            compilation fails, a warning is logged once and eager is used.
+            ``"native"``: the C kernels of :mod:`bandpo.cpu_kernels` for kl, tv and chi2 on CPU
+            tensors of float32, bfloat16 or float16, built with the system C compiler on first
+            use (about 2 s, then cached on disk).
+            ``"auto"`` (default): native where it applies and builds, else fused for inputs of
+            at least 65,536 tokens of a divergence with a closed form or a dedicated solver,
+            else eager; always eager inside an enclosing torch.compile.
 
     Returns:
         (lower, upper) with the shape, dtype and device of ``old_log_probs``, lower in [0, 1],
@@ -142,15 +174,14 @@ def band(
         )
     delta = check_delta(delta)
     upper_max = check_upper_max(upper_max)
+    kernel = check_kernel(kernel)
     rule = get_divergence(divergence)
     if old_log_probs.numel() == 0:
         return torch.empty_like(old_log_probs), torch.empty_like(old_log_probs)
     if validate and _must_validate(old_log_probs):
         check_log_probs(old_log_probs)
     compute_dtype = torch.float64 if old_log_probs.dtype == torch.float64 else torch.float32
-    if compiled not in (None, True, False):
-        raise ValueError(f"compiled must be None, True or False, got {compiled!r}")
     with torch.no_grad():
         log_p = old_log_probs.detach().to(compute_dtype)
-        lower, upper = _bounds_fused_or_eager(log_p, delta, rule, upper_max, compiled)
+        lower, upper = _bounds(log_p, delta, rule, upper_max, choose_kernel(kernel, log_p, rule))
     return lower.to(old_log_probs.dtype), upper.to(old_log_probs.dtype)

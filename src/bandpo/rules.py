@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from bandpo.band import band, check_delta, check_upper_max
+from bandpo.band import band, check_delta, check_kernel, check_upper_max
 from bandpo.divergences import Divergence, get_divergence
 
 METHODS = ("band", "clip", "clip-higher", "dcpo")
@@ -40,18 +40,19 @@ def _check_eps(name: str, value: float, upper_limit: float | None = None) -> Non
 @dataclass(frozen=True)
 class Band:
     """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see :func:`bandpo.band`,
-    which also documents ``validate`` and ``compiled``)."""
+    which also documents ``validate`` and ``kernel``)."""
 
     divergence: str | Divergence = "kl"
     delta: float = 0.05
     upper_max: float | None = 10.0
     validate: bool = True
-    compiled: bool | None = None
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         get_divergence(self.divergence)
         check_delta(self.delta)
         check_upper_max(self.upper_max)
+        check_kernel(self.kernel)
 
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
         return band(
@@ -60,7 +61,7 @@ class Band:
             self.divergence,
             upper_max=self.upper_max,
             validate=self.validate,
-            compiled=self.compiled,
+            kernel=self.kernel,
         )
 
 

@@ -1,0 +1,248 @@
+/* Band ratio bounds on the CPU in float32: kl, tv and chi2 in one pass over the tokens.
+ *
+ * Built and loaded by bandpo/cpu_kernels.py (see there for why this file exists). Portable C11
+ * with GCC/Clang vector extensions: a vector of 16 floats maps to one AVX-512 register, two AVX2
+ * registers or four NEON registers. Each block handles BLOCK_VECTORS vectors side by side, so the
+ * long dependency chains of the kl solver (exp -> log -> divide, three times) overlap in the
+ * out-of-order core instead of waiting on each other.
+ *
+ * The formulas are those of bandpo/divergences.py; e^y and log x are evaluated here with
+ * Cody-Waite range reduction and least-squares polynomials fitted for this file (relative error
+ * below 1e-7 in float32, tests/test_cpu_kernels.py).
+ */
+#include <float.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LANES 16
+#define BLOCK_VECTORS 2
+#define BLOCK (LANES * BLOCK_VECTORS)
+#define MAX_THREADS 256
+
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+/* for loads and stores of LANES floats at any float-aligned address */
+typedef float vf_unaligned __attribute__((vector_size(4 * LANES), aligned(4), may_alias));
+#define INLINE static inline __attribute__((always_inline))
+#define EACH(j, count) _Pragma("GCC unroll 16") for (int j = 0; j < (count); j++)
+
+INLINE vf splat(float x) { return (vf){0} + x; }
+/* lanes of a where mask is set, of b elsewhere (comparisons give all-ones / zero lanes) */
+INLINE vf pick(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+/* min and max that keep a NaN in their first argument, so NaN inputs give NaN bounds */
+INLINE vf min_v(vf a, vf b) { return pick(a > b, b, a); }
+INLINE vf max_v(vf a, vf b) { return pick(a < b, b, a); }
+INLINE vf sqrt_v(vf x) {
+    vf root = x;
+    for (int i = 0; i < LANES; i++) root[i] = __builtin_sqrtf(x[i]);
+    return root;
+}
+
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f      /* ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits */
+#define LN2_LO -2.12194440e-4f
+#define ROUND_SHIFT 12582912.0f  /* 1.5 * 2^23: adding it rounds a float to an integer */
+
+/* e^r - 1 for y = k ln 2 + r, |r| <= ln(2) / 2 (|y| <= 104):  e^r - 1 = r + r^2 (1/2 + r P(r)) */
+INLINE vf expm1_reduced(vf y, vi *k_int) {
+    vf shifted = y * LOG2E + ROUND_SHIFT;
+    vf k = shifted - ROUND_SHIFT;
+    *k_int = (vi)shifted - (vi)splat(ROUND_SHIFT);
+    vf r = (y - k * LN2_HI) - k * LN2_LO;
+    vf poly = r * 0.00019890983132953363f + 0.0013926178609874591f;
+    poly = poly * r + 0.008333310931730573f;
+    poly = poly * r + 0.04166655463962168f;
+    poly = poly * r + 0.1666666668161834f;
+    return r + r * r * (0.5f + r * poly);
+}
+
+/* (e^y, e^y - 1), both to a few ulps:  e^y = 2^k e^r,  e^y - 1 = (2^k - 1) + 2^k (e^r - 1).
+ * Below y = lowest, e^y is 0 and e^y - 1 is -1: with lowest = LOWEST_NORMAL no subnormal number is
+ * formed (arithmetic on those takes a microcode path about 100x slower); with LOWEST_SUBNORMAL,
+ * 2^k is applied as 2^(k/2) 2^(k - k/2) so that subnormal results keep their precision. Above
+ * y = 88.7, e^y is +inf (e^y - 1 is +inf from y = 88.4 on). */
+#define LOWEST_NORMAL -87.33f   /* e^y >= FLT_MIN */
+#define LOWEST_SUBNORMAL -104.0f /* e^y rounds to 0 below */
+INLINE void exp_and_expm1(vf y, const float lowest, vf *exp_y, vf *expm1_y) {
+    vi k_int;
+    vf expm1_r = expm1_reduced(min_v(max_v(y, splat(lowest)), splat(89.0f)), &k_int);
+    vi k_half = k_int >> 1;
+    vf scale_a = (vf)((k_half + 127) << 23), scale_b = (vf)((k_int - k_half + 127) << 23);
+    vf scale = scale_a * scale_b;
+    vi inside = ~(y < lowest); /* NaN stays NaN */
+    *exp_y = (vf)((vi)((scale_a + scale_a * expm1_r) * scale_b) & inside);
+    *expm1_y = pick(inside, (scale - 1.0f) + scale * expm1_r, splat(-1.0f));
+}
+
+/* e^y - 1 for 0 <= y <= 88, +inf above */
+INLINE vf expm1_nonnegative(vf y) {
+    vi k_int;
+    vf expm1_r = expm1_reduced(min_v(y, splat(88.0f)), &k_int);
+    vf scale = (vf)((k_int + 127) << 23);
+    return pick(y > 88.0f, splat(__builtin_inff()), (scale - 1.0f) + scale * expm1_r);
+}
+
+/* log x for normal positive x:  x = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)),
+ *     log x = k ln 2 + f - f^2 / 2 + f^3 Q(f). */
+INLINE vf log_normal(vf x) {
+    vi bits = (vi)x + (0x3f800000 - 0x3f3504f3); /* moves the mantissa cut from 1 to sqrt(1/2) */
+    vf k = __builtin_convertvector((bits >> 23) - 127, vf);
+    vf f = (vf)((bits & 0x007fffff) + 0x3f3504f3) - 1.0f;
+    vf poly = f * -0.08101558333421245f + 0.1271230767781246f;
+    poly = poly * f - 0.1297223898896245f;
+    poly = poly * f + 0.1420217382217867f;
+    poly = poly * f - 0.16642247595904205f;
+    poly = poly * f + 0.20001468576920645f;
+    poly = poly * f - 0.2500029654603983f;
+    poly = poly * f + 0.3333332859677578f;
+    vf f2 = f * f;
+    return f + ((f2 * f * poly + k * LN2_LO) - 0.5f * f2) + k * LN2_HI;
+}
+
+/* Forward-KL shrink problems (bandpo.divergences.kl_shrink), 2 * BLOCK_VECTORS of them at once:
+ *     F(u) = a u - b log(1 - a e^-u) + b log b - delta = 0,   s = e^-u,  w = 1 - s,
+ * Halley's step in the form with one division, m = 1 - a e^-u:
+ *     u <- u - 2 F w m / (2 a w^2 - F b e^-u). */
+#define SHRINKS (2 * BLOCK_VECTORS)
+INLINE void kl_shrink(vf *a, const vf *b, const vf *log_b, float delta, const int steps, vf *s, vf *w) {
+    vf b_log_b[SHRINKS], u[SHRINKS];
+    EACH(j, SHRINKS) {
+        a[j] = max_v(a[j], splat(1.0842022e-19f)); /* sqrt(FLT_MIN): keeps delta / a finite */
+        b_log_b[j] = b[j] * log_b[j];
+        vf inv_a = 1.0f / a[j];
+        vf outer = sqrt_v((delta - b_log_b[j]) * inv_a) * sqrt_v(sqrt_v(2.0f * delta * b[j] * inv_a));
+        u[j] = max_v(outer, delta * inv_a);
+    }
+    _Pragma("GCC unroll 4") for (int step = 0; step < steps; step++) {
+        vf e[SHRINKS], expm1_neg_u[SHRINKS], m[SHRINKS], log_m[SHRINKS];
+        /* e^-u below e^-40 changes nothing in 1 - a e^-u */
+        EACH(j, SHRINKS) exp_and_expm1(-min_v(u[j], splat(40.0f)), LOWEST_NORMAL, &e[j], &expm1_neg_u[j]);
+        EACH(j, SHRINKS) {
+            m[j] = 1.0f - a[j] * e[j];
+            log_m[j] = log_normal(m[j]);
+        }
+        EACH(j, SHRINKS) {
+            vf w_j = -expm1_neg_u[j];
+            vf f = a[j] * u[j] - b[j] * log_m[j] + b_log_b[j] - delta;
+            u[j] -= 2.0f * f * w_j * m[j] / (2.0f * a[j] * w_j * w_j - f * b[j] * e[j]);
+        }
+    }
+    EACH(j, SHRINKS) {
+        exp_and_expm1(-u[j], LOWEST_NORMAL, &s[j], &w[j]);
+        w[j] = -w[j];
+    }
+}
+
+/* lower = s*(p), upper = 1 + (1 - p) w*(1 - p) / p (bandpo.shrink.two_sided_bounds) */
+INLINE void kl_block(const vf *log_p, vf *lower, vf *upper, float delta, const int steps) {
+    vf a[SHRINKS], b[SHRINKS], log_b[SHRINKS], s[SHRINKS], w[SHRINKS];
+    EACH(j, BLOCK_VECTORS) {
+        vf p, expm1_log_p;
+        exp_and_expm1(log_p[j], LOWEST_SUBNORMAL, &p, &expm1_log_p); /* p > 0 keeps upper finite */
+        vf complement = -expm1_log_p;
+        a[j] = p, b[j] = complement, log_b[j] = log_normal(max_v(complement, splat(FLT_MIN)));
+        a[BLOCK_VECTORS + j] = complement, b[BLOCK_VECTORS + j] = p;
+        log_b[BLOCK_VECTORS + j] = max_v(log_p[j], splat(-FLT_MAX)); /* b log b = 0 at p = 0 */
+    }
+    kl_shrink(a, b, log_b, delta, steps, s, w);
+    EACH(j, BLOCK_VECTORS) {
+        vf p = b[BLOCK_VECTORS + j], complement = b[j];
+        lower[j] = s[j];
+        upper[j] = 1.0f + max_v(w[BLOCK_VECTORS + j], splat(FLT_MIN)) * complement / p;
+    }
+}
+
+/* total variation: r = 1 -/+ delta / p inside [0, 1/p] (bandpo.divergences.tv_bounds). With
+ * t = p^(-1/2), which never overflows, 1 / p = t t and delta / p = (delta t) t overflow only where
+ * their values do, and both are exact at p = 1. */
+INLINE void tv_block(const vf *log_p, vf *lower, vf *upper, float delta) {
+    EACH(j, BLOCK_VECTORS) {
+        vf t = expm1_nonnegative(-0.5f * log_p[j]) + 1.0f;
+        vf reach = (delta * t) * t;
+        lower[j] = max_v(1.0f - reach, splat(0.0f));
+        upper[j] = min_v(1.0f + reach, t * t);
+    }
+}
+
+/* Pearson chi-square: r = 1 -/+ sqrt(delta (1 - p) / p) inside [0, 1/p]. With g = p^(-1/2) - 1
+ * (accurate near p = 1), (1 - p) / p = g (g + 2); past g = 2^60 the reach is g sqrt(delta) to
+ * float precision, which keeps it finite where g (g + 2) overflows (bandpo.divergences.chi2_bounds). */
+INLINE void chi2_block(const vf *log_p, vf *lower, vf *upper, float delta) {
+    EACH(j, BLOCK_VECTORS) {
+        vf g = expm1_nonnegative(-0.5f * log_p[j]);
+        vf odds = g * (g + 2.0f); /* 1 / p - 1 */
+        vf reach = pick(g > 0x1p60f, g * __builtin_sqrtf(delta), sqrt_v(delta * odds));
+        lower[j] = max_v(1.0f - reach, splat(0.0f));
+        upper[j] = 1.0f + min_v(reach, odds);
+    }
+}
+
+enum { KL = 0, TV = 1, CHI2 = 2 };
+
+typedef struct {
+    const float *log_p;
+    float *lower, *upper;
+    long start, end;
+    int divergence, kl_steps;
+    float delta, upper_max;
+} Job;
+
+/* One block: log p > 0 reads as 0, the upper bound is capped at upper_max, and NaN gives NaN
+ * bounds (carried through every step by min_v, max_v and exp_and_expm1). */
+INLINE void bounds_block(const Job *job, const float *in, float *lower_out, float *upper_out) {
+    vf log_p[BLOCK_VECTORS], lower[BLOCK_VECTORS], upper[BLOCK_VECTORS];
+    EACH(j, BLOCK_VECTORS) log_p[j] = min_v(*(const vf_unaligned *)(in + j * LANES), splat(0.0f));
+    switch (job->divergence) {
+    case KL:
+        if (job->kl_steps == 2) kl_block(log_p, lower, upper, job->delta, 2);
+        else kl_block(log_p, lower, upper, job->delta, 3);
+        break;
+    case TV: tv_block(log_p, lower, upper, job->delta); break;
+    default: chi2_block(log_p, lower, upper, job->delta); break;
+    }
+    EACH(j, BLOCK_VECTORS) {
+        *(vf_unaligned *)(lower_out + j * LANES) = lower[j];
+        *(vf_unaligned *)(upper_out + j * LANES) = min_v(upper[j], splat(job->upper_max));
+    }
+}
+
+static void *run_job(void *argument) {
+    const Job *job = argument;
+    long i = job->start;
+    for (; i + BLOCK <= job->end; i += BLOCK)
+        bounds_block(job, job->log_p + i, job->lower + i, job->upper + i);
+    if (i < job->end) { /* the last, partial block goes through zero-padded buffers */
+        float in[BLOCK] = {0}, lower[BLOCK], upper[BLOCK];
+        memcpy(in, job->log_p + i, (job->end - i) * sizeof(float));
+        bounds_block(job, in, lower, upper);
+        memcpy(job->lower + i, lower, (job->end - i) * sizeof(float));
+        memcpy(job->upper + i, upper, (job->end - i) * sizeof(float));
+    }
+    return NULL;
+}
+
+/* Entry point: returns 0, or -1 for an unknown divergence. Threads that cannot be started leave
+ * their share to the calling thread. */
+int bandpo_band_f32(int divergence, const float *log_p, float *lower, float *upper, long n,
+                    float delta, float upper_max, int kl_steps, int threads) {
+    if (divergence < KL || divergence > CHI2) return -1;
+    threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+    long blocks = (n + BLOCK - 1) / BLOCK, per_thread = (blocks + threads - 1) / threads;
+    Job jobs[MAX_THREADS];
+    pthread_t workers[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) {
+        long start = t * per_thread * BLOCK, end = start + per_thread * BLOCK;
+        jobs[t] = (Job){log_p, lower, upper, start < n ? start : n, end < n ? end : n,
+                        divergence, kl_steps, delta, upper_max};
+    }
+    for (int t = 1; t < threads; t++)
+        started[t] = jobs[t].start < jobs[t].end && pthread_create(&workers[t], NULL, run_job, &jobs[t]) == 0;
+    run_job(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(workers[t], NULL);
+        else run_job(&jobs[t]);
+    }
+    return 0;
+}
