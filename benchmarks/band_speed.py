@@ -9,8 +9,8 @@ baseline measured in the same run, and the maximum relative error against a floa
 (bandpo's float64 path, itself checked against 50-digit mpmath in tests/test_divergences.py). Each
 divergence is timed with every kernel that applies: ``eager`` (PyTorch operations), ``fused``
 (torch.compile; compiled in the untimed warm-up call) and, on the CPU for kl, tv and chi2,
-``native`` (bandpo.cpu_kernels). Methods are timed in interleaved rounds and reported as medians,
-so that a noisy machine slows all of them alike.
+``native`` (bandpo.cpu_kernels). Each method is timed in blocks of consecutive calls, in three sweeps
+over all methods, and reported as the median call, so that a noisy machine slows all of them alike.
 """
 
 from __future__ import annotations
@@ -48,18 +48,21 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(methods: dict, device: str, rounds: int) -> dict:
-    """Median seconds per call of each method, timed in ``rounds`` interleaved rounds."""
+def median_seconds(methods: dict, device: str, calls: int, sweeps: int = 3) -> dict:
+    """Median seconds per call of each method: ``sweeps`` passes over all methods, each timing a
+    block of ``calls`` consecutive calls after an untimed one (consecutive calls keep the memory
+    allocator in the steady state of that method; the sweeps spread a noisy machine's slow spells
+    over all methods)."""
     times = {name: [] for name in methods}
-    for fn in methods.values():  # warm-up: builds and compiles
-        fn()
-    for _ in range(rounds):
+    for _ in range(sweeps):
         for name, fn in methods.items():
-            synchronize(device)
-            start = time.perf_counter()
             fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -80,7 +83,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--divergences", nargs="+", default=list(bandpo.DIVERGENCES), choices=list(bandpo.DIVERGENCES))
     parser.add_argument("--baseline-max-n", type=float, default=1e6, help="skip the slow baseline above this N")
-    parser.add_argument("--rounds", type=int, default=30, help="timing rounds at N = 1e5 (fewer for larger N, at least 5)")
+    parser.add_argument("--calls", type=int, default=10, help="calls per block at N = 1e5 (fewer for larger N, at least 2)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     cpu = platform.processor() or platform.machine()
@@ -102,7 +105,7 @@ def main() -> None:
                 run = functools.partial(bandpo.band, x, DELTA, name, validate=False, kernel=kernel)
                 methods[f"{name} ({kernel})"] = run
                 errors[f"{name} ({kernel})"] = max_relative_error(run(), reference[name], FLOORS[dtype])
-        seconds = median_seconds(methods, args.device, rounds=max(5, min(args.rounds, int(args.rounds * 1e5 / n))))
+        seconds = median_seconds(methods, args.device, calls=max(2, min(args.calls, int(args.calls * 1e5 / n))))
         clip_time, bisect_time = seconds["exp+clamp (clip)"], seconds.get("kl bisection (published)")
         for method, time_per_call in seconds.items():
             speedup = f"{bisect_time / time_per_call:18.1f}" if bisect_time else f"{'-':>18}"

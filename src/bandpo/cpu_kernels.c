@@ -11,14 +11,12 @@
  * below 1e-7 in float32, tests/test_cpu_kernels.py).
  */
 #include <float.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
 #define LANES 16
 #define BLOCK_VECTORS 2
 #define BLOCK (LANES * BLOCK_VECTORS)
-#define MAX_THREADS 256
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));
@@ -180,69 +178,42 @@ INLINE void chi2_block(const vf *log_p, vf *lower, vf *upper, float delta) {
 
 enum { KL = 0, TV = 1, CHI2 = 2 };
 
-typedef struct {
-    const float *log_p;
-    float *lower, *upper;
-    long start, end;
-    int divergence, kl_steps;
-    float delta, upper_max;
-} Job;
-
-/* One block: log p > 0 reads as 0, the upper bound is capped at upper_max, and NaN gives NaN
- * bounds (carried through every step by min_v, max_v and exp_and_expm1). */
-INLINE void bounds_block(const Job *job, const float *in, float *lower_out, float *upper_out) {
+/* One block of BLOCK tokens: log p > 0 reads as 0, the upper bound is capped at upper_max, and
+ * NaN gives NaN bounds (carried through every step by min_v, max_v and exp_and_expm1). */
+INLINE void bounds_block(int divergence, const float *in, float *lower_out, float *upper_out,
+                         float delta, float upper_max, int kl_steps) {
     vf log_p[BLOCK_VECTORS], lower[BLOCK_VECTORS], upper[BLOCK_VECTORS];
     EACH(j, BLOCK_VECTORS) log_p[j] = min_v(*(const vf_unaligned *)(in + j * LANES), splat(0.0f));
-    switch (job->divergence) {
+    switch (divergence) {
     case KL:
-        if (job->kl_steps == 2) kl_block(log_p, lower, upper, job->delta, 2);
-        else kl_block(log_p, lower, upper, job->delta, 3);
+        if (kl_steps == 2) kl_block(log_p, lower, upper, delta, 2);
+        else kl_block(log_p, lower, upper, delta, 3);
         break;
-    case TV: tv_block(log_p, lower, upper, job->delta); break;
-    default: chi2_block(log_p, lower, upper, job->delta); break;
+    case TV: tv_block(log_p, lower, upper, delta); break;
+    default: chi2_block(log_p, lower, upper, delta); break;
     }
     EACH(j, BLOCK_VECTORS) {
         *(vf_unaligned *)(lower_out + j * LANES) = lower[j];
-        *(vf_unaligned *)(upper_out + j * LANES) = min_v(upper[j], splat(job->upper_max));
+        *(vf_unaligned *)(upper_out + j * LANES) = min_v(upper[j], splat(upper_max));
     }
 }
 
-static void *run_job(void *argument) {
-    const Job *job = argument;
-    long i = job->start;
-    for (; i + BLOCK <= job->end; i += BLOCK)
-        bounds_block(job, job->log_p + i, job->lower + i, job->upper + i);
-    if (i < job->end) { /* the last, partial block goes through zero-padded buffers */
-        float in[BLOCK] = {0}, lower[BLOCK], upper[BLOCK];
-        memcpy(in, job->log_p + i, (job->end - i) * sizeof(float));
-        bounds_block(job, in, lower, upper);
-        memcpy(job->lower + i, lower, (job->end - i) * sizeof(float));
-        memcpy(job->upper + i, upper, (job->end - i) * sizeof(float));
-    }
-    return NULL;
-}
-
-/* Entry point: returns 0, or -1 for an unknown divergence. Threads that cannot be started leave
- * their share to the calling thread. */
+/* Entry point: returns 0, or -1 for an unknown divergence. Built with OpenMP, the blocks are shared
+ * among `threads` threads of the process's OpenMP pool (PyTorch's own, when the loader finds its
+ * libgomp already loaded), so the kernel never competes with idle-spinning PyTorch workers. */
 int bandpo_band_f32(int divergence, const float *log_p, float *lower, float *upper, long n,
                     float delta, float upper_max, int kl_steps, int threads) {
     if (divergence < KL || divergence > CHI2) return -1;
-    threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
-    long blocks = (n + BLOCK - 1) / BLOCK, per_thread = (blocks + threads - 1) / threads;
-    Job jobs[MAX_THREADS];
-    pthread_t workers[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 0; t < threads; t++) {
-        long start = t * per_thread * BLOCK, end = start + per_thread * BLOCK;
-        jobs[t] = (Job){log_p, lower, upper, start < n ? start : n, end < n ? end : n,
-                        divergence, kl_steps, delta, upper_max};
-    }
-    for (int t = 1; t < threads; t++)
-        started[t] = jobs[t].start < jobs[t].end && pthread_create(&workers[t], NULL, run_job, &jobs[t]) == 0;
-    run_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(workers[t], NULL);
-        else run_job(&jobs[t]);
+    long full = n / BLOCK * BLOCK;
+    #pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(static) if (threads > 1)
+    for (long i = 0; i < full; i += BLOCK)
+        bounds_block(divergence, log_p + i, lower + i, upper + i, delta, upper_max, kl_steps);
+    if (full < n) { /* the last, partial block goes through zero-padded buffers */
+        float in[BLOCK] = {0}, lower_rest[BLOCK], upper_rest[BLOCK];
+        memcpy(in, log_p + full, (n - full) * sizeof(float));
+        bounds_block(divergence, in, lower_rest, upper_rest, delta, upper_max, kl_steps);
+        memcpy(lower + full, lower_rest, (n - full) * sizeof(float));
+        memcpy(upper + full, upper_rest, (n - full) * sizeof(float));
     }
     return 0;
 }

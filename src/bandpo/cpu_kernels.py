@@ -10,7 +10,9 @@ about 4x faster than the fused kernel.
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) for the machine at hand (``-march=native`` where the compiler accepts it) and kept
 in ``$BANDPO_CACHE_DIR`` (default ``~/.cache/bandpo``) under a name derived from the source, the
-compiler, its flags and the CPU, so that a shared home directory serves different machines.
+compiler, its flags and the CPU, so that a shared home directory serves different machines. With
+OpenMP the library runs on the process's OpenMP thread pool: PyTorch's own where PyTorch brought
+libgomp, so that the kernel does not compete with PyTorch's idle-spinning workers for the cores.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from torch import Tensor
 from bandpo.divergences import CHI2, KL, KL_FLOAT32_TWO_STEP_MIN_DELTA, TV, Divergence
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
-NATIVE_ARCH_FLAG = "-march=native"
+FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
+OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
+"""Tried in this order: a compiler without OpenMP builds a single-threaded library."""
 PARALLEL_MIN_TOKENS = 1 << 14
-"""Smaller inputs run on the calling thread: starting threads costs more than it saves."""
+"""Smaller inputs run on the calling thread: waking the thread pool costs more than it saves."""
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +132,8 @@ def load() -> ctypes.CDLL:
     compiler = _compiler()
     source = SOURCE.read_bytes()
     complaints = []
-    for flags in ((*FLAGS, NATIVE_ARCH_FLAG), FLAGS):  # without -march=native if it is refused
-        command = [*compiler, *flags, str(SOURCE)]
+    for optional in OPTIONAL_FLAGS:
+        command = [*compiler, *FLAGS, *optional, str(SOURCE)]
         key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), _cpu_identity().encode()]))
         target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:20]}.so"
         complaint = None if target.exists() else _compile(command, target)
