@@ -68,9 +68,8 @@ def _must_validate(tensor: Tensor) -> bool:
 
 def check_log_probs(old_log_probs: Tensor) -> None:
     """ValueError on NaN or clearly positive log-probabilities (one reduction, one sync)."""
-    valid = old_log_probs <= POSITIVE_LOG_PROB_TOLERANCE  # False for NaN
-    if not bool(valid.all()):
-        bad = old_log_probs[~valid]
+    if not bool(old_log_probs.max() <= POSITIVE_LOG_PROB_TOLERANCE):  # max is NaN if any value is
+        bad = old_log_probs[~(old_log_probs <= POSITIVE_LOG_PROB_TOLERANCE)]
         raise ValueError(
             "old_log_probs must be log-probabilities (<= 0, not NaN); found "
             f"{bad.numel()} invalid values such as {bad.flatten()[0].item()!r}"
