@@ -5,7 +5,7 @@ per token. The kernels built by ``torch.compile`` call SLEEF's exp and log (two 
 the cost of the MKL ones eager PyTorch uses, measured) and run one dependency chain per vector
 at a time. ``cpu_kernels.c`` evaluates exp and log with short polynomials and interleaves
 independent chains; on the 2-core AVX-512 machine of ``benchmarks/band_speed.py`` that makes kl
-about 4x faster than the fused kernel.
+about 5x faster than the fused kernel (6.3 ms vs 30.3 ms per 1M tokens).
 
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) for the machine at hand (``-march=native`` where the compiler accepts it) and kept
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bandpo.divergences import CHI2, KL, KL_FLOAT32_TWO_STEP_MIN_DELTA, TV, Divergence
+from bandpo.divergences import CHI2, KL, TV, Divergence, kl_halley_steps
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
@@ -130,11 +130,11 @@ def _compile(command: list[str], target: Path) -> str | None:
 def load() -> ctypes.CDLL:
     """The compiled kernels, built on the first call; NativeKernelError if that fails."""
     compiler = _compiler()
-    source = SOURCE.read_bytes()
+    source, cpu = SOURCE.read_bytes(), _cpu_identity().encode()
     complaints = []
     for optional in OPTIONAL_FLAGS:
         command = [*compiler, *FLAGS, *optional, str(SOURCE)]
-        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), _cpu_identity().encode()]))
+        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), cpu]))
         target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:20]}.so"
         complaint = None if target.exists() else _compile(command, target)
         if complaint is None:
@@ -168,7 +168,6 @@ def ratio_bounds(
     log_p = log_p.contiguous()
     lower, upper = torch.empty_like(log_p), torch.empty_like(log_p)
     threads = torch.get_num_threads() if log_p.numel() >= PARALLEL_MIN_TOKENS else 1
-    kl_steps = 2 if delta >= KL_FLOAT32_TWO_STEP_MIN_DELTA else 3
     status = load().bandpo_band_f32(
         divergence_code(divergence),
         log_p.data_ptr(),
@@ -177,7 +176,7 @@ def ratio_bounds(
         log_p.numel(),
         delta,
         math.inf if upper_max is None else upper_max,
-        kl_steps,
+        kl_halley_steps(torch.float32, delta),
         threads,
     )
     if status != 0:
