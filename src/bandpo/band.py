@@ -154,7 +154,7 @@ def band(
             compilation fails, a warning is logged once and eager is used.
             ``"native"``: the C kernels of :mod:`bandpo.cpu_kernels` for kl, tv and chi2 on CPU
             tensors of float32, bfloat16 or float16, built with the system C compiler on first
-            use (about 2 s, then cached on disk).
+            use (about 1 s, then cached on disk).
             ``"auto"`` (default): native where it applies and builds, else fused for inputs of
             at least 65,536 tokens of a divergence with a closed form or a dedicated solver,
             else eager; always eager inside an enclosing torch.compile.
