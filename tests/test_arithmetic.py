@@ -33,6 +33,12 @@ def test_reward_plus_minus_one_and_math_verify():
     assert not is_correct("so x = 1/3", "\\frac{1}{2}")
 
 
+@pytest.mark.parametrize("answer", [14, 14.0, "14", " 14 "])
+def test_answers_of_every_type_are_checked(answer):
+    assert is_correct("The answer is 14.", answer)
+    assert not is_correct("The answer is 15.", answer)
+
+
 def test_bad_task_is_rejected():
     with pytest.raises(ValueError, match="operations must be"):
         ArithmeticTask(operations=("/",))

@@ -44,24 +44,29 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_model_dir):
     assert [r["step"] for r in records if "clip_ratio/region_mean" in r] == [1, 2, 3, 4]
 
 
-def test_yaml_config_sets_grpo_fields(tmp_path, tiny_model_dir):
-    config = tmp_path / "config.yaml"
-    config.write_text("clip_method: dcpo\nmax_steps: 2\nnum_generations: 2\nper_device_train_batch_size: 4\n")
-    args = train.add_train_arguments(train.argparse.ArgumentParser()).parse_args(
-        ["--config", str(config), "--model", tiny_model_dir, "--steps", "3"]
-    )
-    settings = train.build_settings(args)
-    assert settings.trainer_fields["clip_method"] == "dcpo"
-    assert settings.trainer_fields["num_generations"] == 2
-    assert settings.trainer_fields["max_steps"] == 3  # flags win over YAML
+def test_resume_after_a_hard_kill_drops_the_steps_logged_after_the_checkpoint(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    common = ["--preset", "fast", "--model", tiny_model_dir, "--output-dir", str(out)]
+    assert train.main(common + ["--steps", "2"]) == 0
+    # What `kill -9` during step 4 leaves: steps 3 and 4 logged, the newest checkpoint still step 2.
+    metrics = out / "metrics.jsonl"
+    step_record = [json.loads(line) for line in metrics.read_text().splitlines()][1]
+    with metrics.open("a") as handle:
+        for step in (3, 4):
+            handle.write(json.dumps({**step_record, "step": step, "entropy": -1.0}) + "\n")
+    assert train.main(common + ["--steps", "4", "--resume"]) == 0
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in records if "clip_ratio/region_mean" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["entropy"] != -1.0 for r in steps)  # the killed run's steps 3-4 were replaced
 
 
 @pytest.mark.parametrize(
     "flags, yaml_text, message",
     [
         (["--method", "ppo"], None, "invalid choice: 'ppo'"),
-        (["--delta", "0"], None, "--delta must be > 0"),
-        (["--delta", "-0.1"], None, "--delta must be > 0"),
+        (["--delta", "0"], None, "bandpo_delta must be"),
+        (["--delta", "-0.1"], None, "bandpo_delta must be"),
         (["--model", "/nonexistent/model"], None, "local path /nonexistent/model not found"),
         (["--model", "missing.gguf"], None, "GGUF file missing.gguf not found"),
         (["--model", "no-such-org/no-such-model"], None, "neither a local path nor a cached hub model"),
@@ -69,12 +74,27 @@ def test_yaml_config_sets_grpo_fields(tmp_path, tiny_model_dir):
         ([], "bandpo_delta: -1\n", "bandpo_delta must be a number > 0"),
         ([], "clip_method: bandpo\n", "clip_method must be one of"),
         (["--resume"], None, "no checkpoint-"),
+        (["--steps", "0"], None, "max_steps (--steps) must be >= 1, got 0"),
+        ([], "max_steps: 0\n", "max_steps (--steps) must be >= 1, got 0"),
+        ([], "learning_rate: abc\n", "learning_rate must be float, got 'abc'"),
+        ([], "eval_problems: abc\n", "eval_problems must be int, got 'abc'"),
+        ([], "model_name_or_path: 123\n", "model_name_or_path must be str, got 123"),
+        ([], "save_strategy: sometimes\n", "sometimes"),
+        ([], "max_steps: [1\n", "--config: cannot read"),
+        (["--output-dir", "/proc/version"], None, "is a file, not a folder"),
+        (["--dataset", "DATA_DIR/one-row.jsonl"], None, "has 1 row(s): it needs held-out rows and training rows"),
+        (["--dataset", "DATA_DIR/numbers.jsonl"], None, "row 0 holds 5"),
+        (["--dataset", "DATA_DIR/empty.jsonl"], None, "has no rows"),
     ],
 )
 def test_bad_configuration_fails_before_loading(tmp_path, tiny_model_dir, capsys, monkeypatch, flags, yaml_text, message):
     import bandpo.training.models as models
 
     monkeypatch.setattr(models, "load_model_and_tokenizer", lambda source: pytest.fail("model loaded"))
+    (tmp_path / "one-row.jsonl").write_text('{"prompt": "1+1?", "answer": 2}\n')
+    (tmp_path / "numbers.jsonl").write_text('{"prompt": 5, "answer": 2}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    flags = [flag.replace("DATA_DIR", str(tmp_path)) for flag in flags]
     argv = ["--model", tiny_model_dir, "--output-dir", str(tmp_path / "run")] + flags
     if yaml_text is not None:
         (tmp_path / "c.yaml").write_text(yaml_text)
@@ -106,3 +126,57 @@ def test_compare_writes_table_and_figure(tmp_path, tiny_model_dir):
     assert [row["method"] for row in rows] == ["band", "clip"]
     assert "| band | 0 | 2 |" in (out / "table.md").read_text()
     assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_study_preset_runs_every_method_over_three_seeds_on_one_held_out_set(tmp_path, tiny_model_dir, monkeypatch):
+    """The study's path end to end (2 steps per run on the tiny model), then resumed without retraining."""
+    out = tmp_path / "study"
+    argv = ["--preset", "study", "--model", tiny_model_dir, "--steps", "2", "--output-dir", str(out)]
+    assert compare.main(argv) == 0
+    rows = json.loads((out / "table.json").read_text())
+    assert [(row["method"], row["seed"]) for row in rows] == [(m, s) for s in (0, 1, 2) for m in compare.METHODS]
+    required = {"accuracy_before", "accuracy_after", "pass_at_8_before", "pass_at_8_after", "entropy_last_quarter",
+                "clip_rate_off_policy", "low_p_high_share"}
+    assert all(required <= set(row) and row["steps"] == 2 for row in rows)
+    # One base-model evaluation serves every run: same held-out set for every method and seed.
+    baseline = json.loads((out / "baseline.json").read_text())
+    assert baseline["key"]["eval_problems"] == 128 and baseline["key"]["eval_samples"] == 8
+    assert {(row["accuracy_before"], row["pass_at_8_before"]) for row in rows} == {
+        (baseline["result"]["accuracy"], baseline["result"]["pass_at_k"])
+    }
+    statistics = json.loads((out / "statistics.json").read_text())
+    assert statistics["per_method"]["band"]["accuracy_after"]["n"] == 3
+    assert {(d["baseline"], d["field"]) for d in statistics["paired_differences"]} >= {
+        ("clip-higher", "accuracy_after"), ("clip", "accuracy_after"), ("clip-higher", "pass_at_8_after")
+    }
+    text = (out / "table.md").read_text()
+    assert "mean ± sd" in text and "band − clip-higher" in text
+    for method in compare.METHODS:
+        assert (out / f"{method}-seed2" / "metrics.jsonl").is_file()
+
+    # Resuming retrains nothing: every run and the baseline are reused.
+    import bandpo.training.comparison as comparison
+
+    monkeypatch.setattr(comparison, "execute_run", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(comparison, "evaluate_base_model", lambda *a, **k: pytest.fail("base model re-evaluated"))
+    assert compare.main(argv) == 0
+    assert json.loads((out / "table.json").read_text()) == rows
+
+
+def test_compare_refuses_a_folder_holding_runs_with_other_settings(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "cmp"
+    common = ["--methods", "clip", "--model", tiny_model_dir, "--output-dir", str(out)]
+    assert compare.main(common + ["--steps", "1"]) == 0
+    assert compare.main(common + ["--steps", "2"]) == 2
+    assert "holds a finished run with other settings" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_is_trained_again(tmp_path, tiny_model_dir):
+    out = tmp_path / "cmp"
+    argv = ["--methods", "clip", "--model", tiny_model_dir, "--steps", "1", "--output-dir", str(out)]
+    assert compare.main(argv) == 0
+    summary_path = out / "clip-seed0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "interrupted": True, "wall_seconds": -1.0}))
+    assert compare.main(argv) == 0
+    assert json.loads(summary_path.read_text())["wall_seconds"] > 0

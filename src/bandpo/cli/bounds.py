@@ -9,6 +9,7 @@ the Band curves.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 from pathlib import Path
 
@@ -99,14 +100,21 @@ def plot_bounds(
     plt.close(figure)
 
 
-def run_bounds(args: argparse.Namespace) -> int:
-    delta = check_delta(args.delta)
-    upper_max = check_upper_max(args.upper_max)
+def configure_bounds(args: argparse.Namespace) -> argparse.Namespace:
+    """The flags, checked (ValueError names the flag and what it accepts)."""
+    args.delta = check_delta(args.delta)
+    args.upper_max = check_upper_max(args.upper_max)
     bad = [p for p in args.p if not (0 < p <= 1 and math.isfinite(p))]
     if bad:
         raise ValueError(f"--p values must lie in (0, 1], got {bad}")
-    print(bounds_table(args.divergence, delta, args.p, upper_max))
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'bandpo[plots]'")
+    return args
+
+
+def run_bounds(args: argparse.Namespace) -> int:
+    print(bounds_table(args.divergence, args.delta, args.p, args.upper_max))
     if args.plot is not None:
-        plot_bounds(args.plot, args.divergence, delta, args.eps_low, args.eps_high, args.log_p, upper_max)
+        plot_bounds(args.plot, args.divergence, args.delta, args.eps_low, args.eps_high, args.log_p, args.upper_max)
         print(f"figure written to {args.plot}")
     return 0

@@ -1,36 +1,53 @@
-"""The ``bandpo`` command: ``bounds``, ``train`` and ``compare``."""
+"""The ``bandpo`` command: ``bounds``, ``train`` and ``compare``.
+
+Each subcommand is a pair: ``configure(args)`` checks the flags and returns what to do, raising
+ValueError for a bad configuration (reported here, once, with exit status 2); ``run(plan)`` does it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from bandpo.cli.bounds import add_bounds_arguments, run_bounds
-from bandpo.cli.compare import add_compare_arguments, run_compare
-from bandpo.cli.train import add_train_arguments, run_train
+from bandpo.cli.bounds import add_bounds_arguments, configure_bounds, run_bounds
+from bandpo.cli.compare import add_compare_arguments, configure_compare, run_compare
+from bandpo.cli.train import add_train_arguments, configure_train, run_train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bandpo", description="BandPO: probability-aware ratio bounds for LLM RL")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, add_arguments, run, help_text in (
-        ("bounds", add_bounds_arguments, run_bounds, "show the Band operator's ratio bounds (table, figures)"),
-        ("train", add_train_arguments, run_train, "train a model with BandPO through TRL (offline default)"),
-        ("compare", add_compare_arguments, run_compare, "compare methods and seeds on the same task and budget"),
+    for name, add_arguments, configure, run, help_text in (
+        ("bounds", add_bounds_arguments, configure_bounds, run_bounds,
+         "show the Band operator's ratio bounds (table, figures)"),
+        ("train", add_train_arguments, configure_train, run_train,
+         "train a model with BandPO through TRL (offline default)"),
+        ("compare", add_compare_arguments, configure_compare, run_compare,
+         "compare methods and seeds on the same task and budget (resumable)"),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(command)
-        command.set_defaults(run=run)
+        command.set_defaults(configure=configure, run=run)
     return parser
 
 
+KNOWN_THIRD_PARTY_NOISE = (
+    (FutureWarning, r"`\w*gradient_checkpointing\w*` is deprecated"),  # transformers 5, at every TRL step
+)
+"""Warnings the command line hides (the library itself leaves warning filters alone)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    for category, message in KNOWN_THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        plan = args.configure(args)
     except ValueError as error:
         print(f"bandpo {args.command}: error: {error}", file=sys.stderr)
         return 2
+    return args.run(plan)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def final_number(text: str) -> Fraction | None:
     return Fraction(matches[-1].replace(",", ""))
 
 
-def is_correct(completion: str, answer: str) -> bool:
+def is_correct(completion: str, answer: str | int | float) -> bool:
     """Whether ``completion`` ends with the right answer: last number for numbers, math-verify otherwise."""
+    answer = str(answer)
     if PLAIN_NUMBER.match(answer):
         return final_number(completion) == Fraction(answer.strip())
     from math_verify import parse, verify

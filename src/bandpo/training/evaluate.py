@@ -1,4 +1,13 @@
-"""Greedy accuracy on held-out problems."""
+"""Held-out evaluation: greedy accuracy, and pass@k / mean@k from k samples at temperature 1.
+
+For problems i = 1..N with k samples each, c_i of them correct:
+
+    accuracy  = (1/N) sum_i [greedy answer of i is correct]
+    pass@k    = (1/N) sum_i [c_i > 0]
+    mean@k    = (1/N) sum_i c_i / k
+
+(the paper's pass@32 and mean@32 with k = 32; here k = n, so pass@k needs no estimator).
+"""
 
 from __future__ import annotations
 
@@ -11,38 +20,76 @@ from bandpo.training.arithmetic import is_correct
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Accuracy over ``count`` problems and a few (prompt, completion, answer) examples."""
+    """Greedy accuracy over ``count`` problems, a few (prompt, completion, answer) examples, and,
+    when ``samples`` > 0, pass@samples and mean@samples at temperature 1."""
 
     accuracy: float
     count: int
     examples: list[tuple[str, str, str]]
+    samples: int = 0
+    pass_at_k: float | None = None
+    mean_at_k: float | None = None
+
+
+def _completions(model, tokenizer, problems: list[dict], max_new_tokens: int, **sampling) -> list[str]:
+    """One generate call over ``problems`` (chat template, left padding); the decoded completions."""
+    texts = [tokenizer.apply_chat_template(p["prompt"], tokenize=False, add_generation_prompt=True) for p in problems]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    output = model.generate(**encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+    return tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @torch.no_grad()
-def evaluate_accuracy(
-    model, tokenizer, problems: list[dict], max_new_tokens: int, batch_size: int = 32, num_examples: int = 3
+def evaluate(
+    model,
+    tokenizer,
+    problems: list[dict],
+    max_new_tokens: int,
+    samples: int = 0,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_examples: int = 3,
 ) -> EvalResult:
-    """Share of ``problems`` answered correctly with greedy decoding of at most ``max_new_tokens``."""
+    """Greedy accuracy on ``problems``; with ``samples`` = k > 0 also pass@k and mean@k (T = 1, no
+    top-k/top-p truncation, sampled under ``seed`` without disturbing the caller's RNG state).
+
+    ``batch_size`` is the number of sequences per generate call (k samples of a problem share one).
+    """
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
     was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    correct, examples = 0, []
+    greedy_correct, examples = 0, []
+    sample_correct = [0] * len(problems)
     try:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
-            texts = [
-                tokenizer.apply_chat_template(p["prompt"], tokenize=False, add_generation_prompt=True) for p in batch
-            ]
-            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            output = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-            completions = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-            for problem, completion in zip(batch, completions):
-                correct += is_correct(completion, problem["answer"])
+            for problem, completion in zip(batch, _completions(model, tokenizer, batch, max_new_tokens, do_sample=False)):
+                greedy_correct += is_correct(completion, problem["answer"])
                 if len(examples) < num_examples:
                     examples.append((problem["prompt"][-1]["content"], completion, problem["answer"]))
+        if samples:
+            per_call = max(1, batch_size // samples)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                for start in range(0, len(problems), per_call):
+                    batch = problems[start : start + per_call]
+                    completions = _completions(
+                        model, tokenizer, batch, max_new_tokens,
+                        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=samples,
+                    )
+                    for index, completion in enumerate(completions):
+                        sample_correct[start + index // samples] += is_correct(completion, batch[index // samples]["answer"])
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return EvalResult(correct / max(len(problems), 1), len(problems), examples)
+    count = max(len(problems), 1)
+    return EvalResult(
+        greedy_correct / count,
+        len(problems),
+        examples,
+        samples=samples,
+        pass_at_k=sum(c > 0 for c in sample_correct) / count if samples else None,
+        mean_at_k=sum(sample_correct) / (count * samples) if samples else None,
+    )

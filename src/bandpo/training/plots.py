@@ -45,7 +45,7 @@ def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
 
 
 def plot_comparison(runs: dict[str, list[list[dict]]], path: Path, title: str = "") -> Path:
-    """1x4 figure, one line per method (mean over seeds, shaded min-max), panels as :data:`PANELS`."""
+    """1x4 figure, one line per method (mean over seeds, shaded mean +- sd), panels as :data:`PANELS`."""
     figure, axes = plt.subplots(1, 4, figsize=(18, 4))
     for method, seed_records in runs.items():
         for axis, (metric, label) in zip(axes, PANELS):
@@ -56,9 +56,11 @@ def plot_comparison(runs: dict[str, list[list[dict]]], path: Path, title: str = 
             length = min(len(steps) for steps, _ in series)
             steps = series[0][0][:length]
             stacked = np.stack([values[:length] for _, values in series])
-            axis.plot(steps, stacked.mean(axis=0), label=method)
+            mean = stacked.mean(axis=0)
+            (line,) = axis.plot(steps, mean, label=f"{method} (n={len(series)})")
             if len(series) > 1:
-                axis.fill_between(steps, stacked.min(axis=0), stacked.max(axis=0), alpha=0.2)
+                sd = stacked.std(axis=0, ddof=1)
+                axis.fill_between(steps, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
             axis.set_title(label)
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)

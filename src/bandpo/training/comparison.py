@@ -1,0 +1,154 @@
+"""A comparison of ratio-bound rules over seeds at one budget: plan, train, tabulate, plot.
+
+Every run shares the held-out set (drawn with ``held_out_seed``); for a given seed every method
+sees the same training data order. The base model is evaluated once and the result kept in
+``baseline.json``. The runs go seed by seed, and a run whose ``summary.json`` exists with the same
+settings is reused, so a comparison can be built up over several sittings. The report gives each
+run, each method's mean +- sd over seeds, and band's per-seed paired differences against each
+baseline with a 95% t interval (:mod:`bandpo.training.statistics`); the figure has the layout of
+the paper's Figure 3 (clip rate; low-p clip-high share; entropy) plus the reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bandpo.training import statistics
+from bandpo.training.evaluate import EvalResult
+from bandpo.training.plots import plot_comparison
+from bandpo.training.run import (
+    PreparedRun,
+    describe_evaluation,
+    evaluate_base_model,
+    execute_run,
+    prepare_run,
+    read_metrics,
+)
+from bandpo.training.settings import RunSettings, build_settings
+
+REFERENCE_METHOD = "band"
+BASELINES = ("clip-higher", "clip", "dcpo")
+
+
+@dataclass(frozen=True)
+class ComparisonPlan:
+    """The validated runs of a comparison, seed by seed, each with its summary if it finished earlier."""
+
+    runs: list[tuple[PreparedRun, dict | None]]
+    seeds: list[int]
+    output_dir: Path
+    title: str
+
+
+def finished_summary(settings: RunSettings) -> dict | None:
+    """The run's summary.json if it finished with these settings; None if it never finished.
+
+    ValueError if the folder holds a finished run with other settings (it would mix two budgets).
+    """
+    path = settings.output_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("interrupted") or summary.get("accuracy_after") is None:
+        return None
+    if summary.get("settings") != settings.fingerprint():
+        raise ValueError(
+            f"{settings.output_dir} holds a finished run with other settings; "
+            "choose another --output-dir or delete that folder"
+        )
+    return summary
+
+
+def plan_comparison(
+    preset: str,
+    methods: list[str],
+    seeds: list[int],
+    output_dir: Path,
+    model: str = "smollm2",
+    config: Path | None = None,
+    steps: int | None = None,
+    held_out_seed: int = 0,
+) -> ComparisonPlan:
+    """Every (seed, method) run validated, and matched against earlier results, before anything is
+    loaded; run ``method-seed<seed>`` lives in ``output_dir / f"{method}-seed{seed}"``."""
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            settings = build_settings(
+                preset,
+                config,
+                run_overrides={"model": model, "held_out_seed": held_out_seed},
+                trainer_overrides={"clip_method": method, "seed": seed, "max_steps": steps,
+                                   "output_dir": str(output_dir / f"{method}-seed{seed}")},
+            )
+            runs.append((prepare_run(settings), finished_summary(settings)))
+    title = f"bandpo compare: {model}, preset {preset}, {len(seeds)} seed(s)"
+    return ComparisonPlan(runs, seeds, output_dir, title)
+
+
+def base_evaluation(output_dir: Path, prepared: PreparedRun) -> EvalResult:
+    """The base model's held-out evaluation, from ``baseline.json`` when it was made for these settings."""
+    path = output_dir / "baseline.json"
+    key = json.loads(json.dumps(prepared.settings.evaluation_key(), default=str))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored["key"] == key:
+            return EvalResult(**stored["result"])
+    print("== base model", flush=True)
+    result = evaluate_base_model(prepared)
+    print(describe_evaluation("base model", result), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "result": dataclasses.asdict(result)}, indent=2))
+    return result
+
+
+def comparison_report(rows: list[dict], samples: int, title: str) -> tuple[str, dict]:
+    """(Markdown, JSON-able statistics): per-method mean +- sd and band's paired differences."""
+    fields = statistics.compared_fields(samples)
+    summary = statistics.method_summary(rows, fields)
+    differences = [
+        difference
+        for baseline in BASELINES
+        for field in fields
+        if (difference := statistics.paired_differences(rows, field, REFERENCE_METHOD, baseline)) is not None
+    ]
+    markdown = "\n\n".join([
+        f"# {title}",
+        "## Per method: mean ± sd over seeds",
+        statistics.format_method_table(summary, fields),
+        f"## Paired differences ({REFERENCE_METHOD} − baseline, same seed), 95% Student-t interval",
+        statistics.format_differences_table(differences),
+        "## Runs",
+        statistics.format_runs_table(rows, samples),
+    ])
+    per_method = {m: {f: dict(zip(("mean", "sd", "n"), v)) for f, v in s.items()} for m, s in summary.items()}
+    return markdown + "\n", {"per_method": per_method, "paired_differences": differences}
+
+
+def run_comparison(plan: ComparisonPlan) -> tuple[str, Path]:
+    """Trains the unfinished runs one after another, then writes ``table.md``, ``table.json``,
+    ``statistics.json`` and ``compare.png``; returns (the Markdown report, the figure's path)."""
+    before = None
+    rows, curves = [], {}
+    for prepared, summary in plan.runs:
+        config = prepared.config
+        if summary is None:
+            if before is None:
+                before = base_evaluation(plan.output_dir, prepared)
+            print(f"== {config.clip_method} seed {config.seed}", flush=True)
+            summary = execute_run(prepared, before=before).to_json()
+        else:
+            print(f"== {config.clip_method} seed {config.seed}: finished earlier, reused", flush=True)
+        records = read_metrics(prepared.settings.output_dir / "metrics.jsonl")
+        generate_every = config.steps_per_generation * config.num_iterations
+        rows.append(statistics.run_row(summary, records, generate_every, config.gradient_accumulation_steps))
+        curves.setdefault(config.clip_method, []).append(records)
+    markdown, report = comparison_report(rows, plan.runs[0][0].settings.eval_samples, plan.title)
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    (plan.output_dir / "table.md").write_text(markdown)
+    (plan.output_dir / "table.json").write_text(json.dumps(rows, indent=2))
+    (plan.output_dir / "statistics.json").write_text(json.dumps(report, indent=2))
+    return markdown, plot_comparison(curves, plan.output_dir / "compare.png", plan.title)
