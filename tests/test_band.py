@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bandpo import DIVERGENCES, Divergence, band
+from bandpo import DIVERGENCES, Band, Divergence, band
 from mp_reference import two_point_divergence
 
 NAMES = ("kl", "tv", "chi2", "reverse_kl", "hellinger")
@@ -58,7 +58,7 @@ def test_upper_decreases_and_lower_increases_in_p(name, dtype):
         -torch.logspace(math.log10(-smallest), -12, 200, dtype=torch.float64),
         torch.tensor([0.0]),
     ]).to(dtype)
-    for delta in (0.01, 0.1, 0.5):
+    for delta in (1e-6, 0.01, 0.1, 0.5, 1e3):
         lower, upper = band(log_p, delta, name)
         assert torch.all(upper.diff() <= 0), f"upper rises somewhere, delta={delta}"
         assert torch.all(lower.diff() >= 0), f"lower falls somewhere, delta={delta}"
@@ -69,7 +69,7 @@ def test_band_widens_with_delta(name):
     """delta1 < delta2  =>  lower(delta2) <= lower(delta1) and upper(delta2) >= upper(delta1)."""
     p = torch.tensor([1e-9, 1e-3, 0.05, 0.3, 0.5, 0.8, 0.99, 1 - 1e-9], dtype=torch.float64)
     log_p = torch.log(p)
-    deltas = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0)
+    deltas = (1e-6, 1e-4, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 1e3)
     bounds = [band(log_p, delta, name) for delta in deltas]
     for (narrow_lower, narrow_upper), (wide_lower, wide_upper) in zip(bounds, bounds[1:]):
         assert torch.all(wide_lower <= narrow_lower)
@@ -83,7 +83,7 @@ log_probs = st.one_of(
     st.floats(min_value=-1e-6, max_value=0.0),
     st.just(-math.inf),
 )
-deltas = st.floats(min_value=1e-3, max_value=5.0)
+deltas = st.floats(min_value=-6.0, max_value=3.0).map(lambda exponent: 10.0**exponent)  # DELTA_RANGE
 names = st.sampled_from(NAMES + ("js",))
 dtypes = st.sampled_from(ALL_FLOATS)
 
@@ -113,7 +113,7 @@ NORMAL_TINY = torch.finfo(torch.float64).tiny
 
 
 @PROPERTY
-@given(log_p=FEASIBLE_RANGE, delta=st.floats(min_value=0.01, max_value=0.5), name=names)
+@given(log_p=FEASIBLE_RANGE, delta=deltas, name=names)
 def test_bounds_are_feasible(log_p, delta, name):
     """g_f(p, upper (1 - 1e-10)) <= delta and g_f(p, lower (1 + 1e-10) + tiny) <= delta: the
     returned bounds lie in the trust region up to rounding (tiny: float64's smallest normal)."""
@@ -123,7 +123,7 @@ def test_bounds_are_feasible(log_p, delta, name):
 
 
 @PROPERTY
-@given(log_p=FEASIBLE_RANGE, delta=st.floats(min_value=0.01, max_value=0.5), name=names)
+@given(log_p=FEASIBLE_RANGE, delta=deltas, name=names)
 def test_bounds_are_tight(log_p, delta, name):
     """g_f(p, upper (1 + 1e-8)) > delta unless upper = 1/p, and g_f(p, lower (1 - 1e-8)) > delta
     unless lower = 0: no wider band is feasible."""
@@ -205,10 +205,26 @@ def test_bounds_carry_no_autograd_history(name):
 # --- input checking --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("delta", [0, 0.0, -0.05, math.nan, math.inf, True, "0.05", None])
-def test_delta_must_be_a_finite_positive_number(delta):
-    with pytest.raises(ValueError, match="delta"):
-        band(torch.zeros(2), delta)
+@pytest.mark.parametrize(
+    "make", [lambda delta: band(torch.zeros(2), delta), lambda delta: Band(delta=delta)], ids=["band", "Band"]
+)
+@pytest.mark.parametrize(
+    "delta", [0, 0.0, -0.05, 9.9e-7, 1e-320, 1000.5, 1e38, 1e308, math.nan, math.inf, True, "0.05", None]
+)
+def test_delta_must_lie_in_the_tested_range(make, delta):
+    """delta outside DELTA_RANGE = [1e-6, 1e3], where the bounds are tested, is refused with a
+    message that names the range."""
+    with pytest.raises(ValueError, match=r"delta must be a number in \[1e-06, 1000\], got"):
+        make(delta)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_ends_of_the_range_give_bounds(name):
+    """delta = 1e-6 and delta = 1e3 (also as the int 1000) are accepted: finite bounds around 1."""
+    x = torch.tensor([-50.0, -3.0, -0.7, -1e-9], dtype=torch.float64)
+    for delta in (1e-6, 1e3, 1000):
+        lower, upper = band(x, delta, name)
+        assert torch.all((0 <= lower) & (lower <= 1) & (1 <= upper) & (upper < math.inf)), (delta, lower, upper)
 
 
 def test_unknown_divergence_lists_the_choices():
@@ -302,11 +318,41 @@ def test_fused_kernels_give_the_eager_bounds(name):
     (reverse_kl's 80-step generic solver takes minutes to compile on 2 cores; scripts/gpu_check.py
     checks its fused kernel on CUDA.)"""
     x = torch.cat([torch.tensor([-math.inf, -200.0, 0.0, -1e-30]), -torch.logspace(-9, 1.5, 60)])
-    for delta in (0.05, 0.3):
+    for delta in (1e-6, 0.05, 0.3, 1e3):
         fused = band(x, delta, name, kernel="fused")
         eager = band(x, delta, name, kernel="eager")
         for got, expected in zip(fused, eager):
             torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
+def test_fused_kernels_give_the_eager_bounds_for_subnormal_p(name):
+    """float32 log p in [-104, -100] (p subnormal or 0): the fused bounds are the eager ones, never
+    NaN. (Inductor's CPU expm1 is exp - 1, and Kahan's correction of it must not divide by the log
+    of a subnormal exp.)"""
+    x = -torch.linspace(100.0, 104.0, 4001)
+    for delta in (1e-6, 1e-4, 1e-3, 0.05):
+        fused = band(x, delta, name, kernel="fused")
+        eager = band(x, delta, name, kernel="eager")
+        for got, expected in zip(fused, eager):
+            assert not torch.isnan(got).any(), f"delta={delta}: {int(torch.isnan(got).sum())} NaN"
+            torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
+def test_fused_kernels_compile_once_for_every_radius(name):
+    """delta stays symbolic in the fused graph: a new radius runs the kernel already built (no
+    Python-level use of delta that torch.compile would specialise on, such as math.log)."""
+    stats = torch._dynamo.utils.counters["stats"]
+    torch._dynamo.reset()
+    x = -torch.logspace(-9, 1.5, 50)
+    built = stats["unique_graphs"]
+    band(x, 0.05, name, kernel="fused")
+    assert stats["unique_graphs"] > built, "no fused kernel was built"
+    built = stats["unique_graphs"]
+    for delta in (1e-6, 0.3, 1e3):
+        band(x, delta, name, kernel="fused")
+    assert stats["unique_graphs"] == built
 
 
 # --- which kernel "auto" takes ----------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_resume_after_a_hard_kill_drops_the_steps_logged_after_the_checkpoint(tm
         (["--model", "missing.gguf"], None, "GGUF file missing.gguf not found"),
         (["--model", "no-such-org/no-such-model"], None, "neither a local path nor a cached hub model"),
         ([], "delta_band: 0.1\n", "unknown key 'delta_band'"),
-        ([], "bandpo_delta: -1\n", "bandpo_delta must be a number > 0"),
+        ([], "bandpo_delta: -1\n", "bandpo_delta must be a number in [1e-06, 1000]"),
         ([], "clip_method: bandpo\n", "clip_method must be one of"),
         (["--resume"], None, "no checkpoint-"),
         (["--steps", "0"], None, "max_steps (--steps) must be >= 1, got 0"),

@@ -33,11 +33,29 @@ def assert_bounds_equal_the_float64_eager_ones(x: torch.Tensor, delta: float, na
         torch.testing.assert_close(got.double(), reference.float().double(), rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("delta", [0.01, 0.02, 0.05, 0.3, 2.0])
+@pytest.mark.parametrize("delta", [1e-6, 1e-4, 0.01, 0.05, 0.3, 2.0, 100.0, 1e3])
 @pytest.mark.parametrize("name", NATIVE)
 def test_native_bounds_equal_the_eager_ones(name, delta):
-    """Both Halley step counts of kl (3 below delta = 0.02, 2 from there on) and every regime."""
+    """Every regime, over the whole of bandpo.band.DELTA_RANGE = [1e-6, 1e3]."""
     assert_bounds_equal_the_float64_eager_ones(llm_like_log_probs(20_000), delta, name)
+
+
+@pytest.mark.parametrize("delta", [1e-6, 0.05, 1e3])
+@pytest.mark.parametrize("name", NATIVE)
+def test_native_bounds_in_the_far_tail_overflow_only_where_the_bound_does(name, delta):
+    """log p in [-200, -80]: p^(-1/2), p and (1 - p) / p leave the float32 range before the bounds
+    do (chi2's sqrt(delta (1 - p) / p) stays finite down to log p = -177 + log(1 / delta)); the
+    bounds are the float64 ones rounded to float32, +inf where those exceed float32."""
+    x = -torch.linspace(80.0, 200.0, 2401)
+    assert_bounds_equal_the_float64_eager_ones(x, delta, name)
+
+
+def test_the_kernel_refuses_a_kl_step_count_it_does_not_unroll(monkeypatch):
+    """The C kernel unrolls kl's Halley loop for 2 and 3 steps (divergences.kl_halley_steps) and
+    reports any other count instead of running a different one."""
+    monkeypatch.setattr(cpu_kernels, "kl_halley_steps", lambda dtype: 4)
+    with pytest.raises(cpu_kernels.NativeKernelError, match="returned -2"):
+        band(llm_like_log_probs(10), 0.05, "kl", kernel="native")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -5,6 +5,8 @@ For the sampled token's old probability p and q = r p its new probability,
     g_f(p, r) = p f(r) + (1 - p) f((1 - r p) / (1 - p))       (D_f of two Bernoulli laws)
     upper(p)  = max { r in [1, 1/p] : g_f(p, r) <= delta }
     lower(p)  = min { r in [0, 1]   : g_f(p, r) <= delta }
+
+for every radius delta in bandpo.band.DELTA_RANGE = [1e-6, 1e3].
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def log_p_grid(points: int) -> np.ndarray:
 
 
 GRID = log_p_grid(40)
+DELTAS = (1e-6, 1e-4, 0.01, 0.05, 0.5, 10.0, 1e3)
+"""Both ends of DELTA_RANGE, the radii used in practice, and between."""
 
 
 def assert_close_to_reference(got, reference, rtol, atol, label):
@@ -59,21 +63,25 @@ def assert_close_to_reference(got, reference, rtol, atol, label):
 
 
 NATIVE = ("kl", "tv", "chi2")  # the divergences of bandpo.cpu_kernels (float32 on the CPU)
+FUSED = ("kl", "tv", "chi2")  # checked fused too (each dtype compiles once, for every delta)
+TOLERANCES = {torch.float64: (1e-9, 1e-12), torch.float32: (2e-5, 1e-6)}  # (rtol, atol)
 
 
-def kernel_cases(float64, float32):
+def kernel_cases():
     """(name, dtype, kernel, rtol, atol) for every divergence and kernel that computes it."""
     return [
-        pytest.param(name, dtype, kernel, rtol, atol, id=f"{name}-{dtype_id}-{kernel}")
+        pytest.param(name, dtype, kernel, *TOLERANCES[dtype], id=f"{name}-{dtype_id}-{kernel}")
         for name in NAMES
-        for dtype, dtype_id, (rtol, atol) in ((torch.float64, "f64", float64), (torch.float32, "f32", float32))
-        for kernel in ("eager", "native")
-        if kernel == "eager" or (dtype == torch.float32 and name in NATIVE)
+        for dtype, dtype_id in ((torch.float64, "f64"), (torch.float32, "f32"))
+        for kernel in ("eager", "native", "fused")
+        if kernel == "eager"
+        or (kernel == "native" and dtype == torch.float32 and name in NATIVE)
+        or (kernel == "fused" and name in FUSED)
     ]
 
 
-@pytest.mark.parametrize("delta", [0.01, 0.05, 0.5])
-@pytest.mark.parametrize("name, dtype, kernel, rtol, atol", kernel_cases((1e-9, 1e-12), (2e-5, 1e-6)))
+@pytest.mark.parametrize("delta", DELTAS)
+@pytest.mark.parametrize("name, dtype, kernel, rtol, atol", kernel_cases())
 def test_bounds_match_the_50_digit_reference(name, delta, dtype, kernel, rtol, atol):
     """|bound - exact root of g_f(p, r) = delta| <= max(rtol |exact|, atol) for p in
     [1e-12, 1 - 1e-10]; float32 is compared with the reference of its own (rounded) input."""
@@ -82,6 +90,24 @@ def test_bounds_match_the_50_digit_reference(name, delta, dtype, kernel, rtol, a
     references = [reference_bounds(name, float(x), delta) for x in log_p.tolist()]
     assert_close_to_reference(lower.tolist(), [r[0] for r in references], rtol, atol, "lower")
     assert_close_to_reference(upper.tolist(), [r[1] for r in references], rtol, atol, "upper")
+
+
+@pytest.mark.parametrize(
+    "dtype, kernel",
+    [(torch.float64, "eager"), (torch.float32, "eager"), (torch.float32, "native")],
+    ids=["f64-eager", "f32-eager", "f32-native"],
+)
+def test_kl_solver_is_exact_for_every_radius(dtype, kernel):
+    """kl's Halley iteration, of fixed length, meets the tolerance at four radii per decade over all
+    of DELTA_RANGE, through the regimes where its starting point is least accurate (p ~ delta / 4.5
+    and 1 - p ~ delta, on either side)."""
+    rtol, atol = TOLERANCES[dtype]
+    log_p = torch.tensor(GRID, dtype=dtype)
+    for delta in np.logspace(-6, 3, 37).tolist():
+        lower, upper = band(log_p, delta, "kl", kernel=kernel)
+        references = [reference_bounds("kl", float(x), delta) for x in log_p.tolist()]
+        assert_close_to_reference(lower.tolist(), [r[0] for r in references], rtol, atol, f"lower, delta={delta:g}")
+        assert_close_to_reference(upper.tolist(), [r[1] for r in references], rtol, atol, f"upper, delta={delta:g}")
 
 
 @pytest.mark.parametrize(
@@ -277,7 +303,7 @@ def test_impossible_token_gets_zero_and_infinity(name, dtype, delta):
     assert torch.all(lower == 0) and torch.all(upper == 10), (lower, upper)
 
 
-@pytest.mark.parametrize("delta", [0.01, 0.05, 0.5])
+@pytest.mark.parametrize("delta", [1e-6, 0.01, 0.05, 0.5, 1e3])
 @pytest.mark.parametrize(
     "dtype, log_ps, rtol",
     [
@@ -295,18 +321,20 @@ def test_kl_upper_grows_like_one_minus_exp_minus_delta_over_p(delta, dtype, log_
 
 
 EDGES = {
-    torch.float64: [-700.0, -740.0, -1e-300, -1e-320],
-    torch.float32: [-85.0, -88.0, -90.0, -100.0, -103.0, -1e-30, -1e-40, -1e-44],
+    torch.float64: [-700.0, -740.0, -1400.0, -1e-300, -1e-320],
+    torch.float32: [-82.5, -85.0, -88.0, -90.0, -100.0, -103.0, -177.0, -185.0, -1e-30, -1e-40, -1e-44],
 }
+"""Subnormal p, p = 0 in the float type with a finite bound (chi2's sqrt(delta / p) outlives 1 / p),
+and 1 - p subnormal."""
 
 
-@pytest.mark.parametrize("name, dtype, kernel, rtol, atol", kernel_cases((1e-9, 1e-12), (2e-5, 1e-6)))
+@pytest.mark.parametrize("name, dtype, kernel, rtol, atol", kernel_cases())
 def test_bounds_match_the_reference_at_the_edges_of_the_float_range(name, dtype, kernel, rtol, atol):
-    """Old probabilities down to the subnormal range, and within a subnormal of 1, still give the
-    exact bounds (or +inf where the exact upper bound exceeds the largest float)."""
+    """Old probabilities down to the subnormal range and below, and within a subnormal of 1, still
+    give the exact bounds (or +inf where the exact upper bound exceeds the largest float)."""
     largest = torch.finfo(dtype).max
     failures = []
-    for delta in (0.05, 0.5):
+    for delta in (1e-6, 0.05, 0.5, 1e3):
         log_p = torch.tensor(EDGES[dtype], dtype=dtype)
         lower, upper = band(log_p, delta, name, kernel=kernel)
         for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist()):
@@ -339,3 +367,38 @@ def test_builtin_registry_lists_the_five_divergences():
         assert divergence.name == name
         assert bandpo.get_divergence(name) is divergence
         assert bandpo.get_divergence(divergence) is divergence
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generators_keep_their_precision_next_to_one(name):
+    """f(1 +/- 1e-6) ~ f''(1) 1e-12 / 2 to 1e-8 relative in float64: the terms of f are added in
+    an order that does not round the small result against 1 (the generic solver's accuracy at
+    small delta rests on it)."""
+    u = torch.tensor([1 - 1e-6, 1 + 1e-6], dtype=torch.float64)
+    got = DIVERGENCES[name].generator(u)
+    for ui, fi in zip(u.tolist(), got.tolist()):
+        x = mpmath.mpf(ui)
+        exact = {
+            "kl": -mpmath.log(x) + x - 1,
+            "tv": abs(x - 1) / 2,
+            "chi2": (x - 1) ** 2,
+            "reverse_kl": x * mpmath.log(x) - x + 1,
+            "hellinger": (mpmath.sqrt(x) - 1) ** 2,
+        }[name]
+        assert fi == pytest.approx(float(exact), rel=1e-8, abs=0)
+
+
+# A user-defined kl, written plainly (slope_at_infinity left at +inf): the generic solver.
+USER_KL = Divergence("user_kl", lambda u: -torch.log(u) + u - 1)
+
+
+@pytest.mark.parametrize("delta", [0.05, 1.0, 1e3])
+def test_generic_solver_at_the_edges_of_the_float32_range(delta):
+    """float32 p subnormal or 0, and 1 - p subnormal (log p = -1e-40: p rounds to 1): there
+    (1 - a s) / b overflows float32 inside the generic solver, which still gives kl's bounds, e.g.
+    (exp(-delta), 1) as p -> 1."""
+    x = torch.tensor(EDGES[torch.float32] + [-3.0, -0.01])
+    for got, expected in zip(band(x, delta, USER_KL), band(x, delta, "kl")):
+        torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
+    lower, upper = band(torch.tensor([-1e-40]), delta, USER_KL)
+    assert lower.item() == pytest.approx(math.exp(-delta), rel=2e-5, abs=1e-6) and upper.item() == 1.0

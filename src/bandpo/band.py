@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from bandpo import cpu_kernels
+from bandpo.checks import check_number
 from bandpo.divergences import Divergence, get_divergence
 
 POSITIVE_LOG_PROB_TOLERANCE = 1e-4
@@ -31,25 +32,22 @@ unless the CPU kernels apply."""
 
 KERNELS = ("auto", "eager", "fused", "native")
 
+DELTA_RANGE = (1e-6, 1e3)
+"""The radii the bounds are tested for (against a 50-digit reference, every divergence and kernel);
+``band`` refuses others with ValueError. Both ends lie far beyond any useful trust region: at 1e3
+the kl band is already the whole simplex [0, 1/p] to working precision."""
+
 logger = logging.getLogger(__name__)
 
 
 def check_delta(delta: float) -> float:
-    """``delta`` as a float, or ValueError unless it is a finite positive number."""
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
-        raise ValueError(f"delta must be a finite positive number, got {delta!r}")
-    if not (math.isfinite(delta) and delta > 0):
-        raise ValueError(f"delta must be a finite positive number, got {delta!r}")
-    return float(delta)
+    """``delta`` as a float, or ValueError unless it is a number in DELTA_RANGE."""
+    return check_number("delta", delta, low=DELTA_RANGE[0], high=DELTA_RANGE[1])
 
 
 def check_upper_max(upper_max: float | None) -> float | None:
     """``upper_max`` as a float (>= 1) or None."""
-    if upper_max is None:
-        return None
-    if isinstance(upper_max, bool) or not isinstance(upper_max, (int, float)) or not upper_max >= 1:
-        raise ValueError(f"upper_max must be None or a number >= 1, got {upper_max!r}")
-    return float(upper_max)
+    return check_number("upper_max", upper_max, low=1.0, allow_none=True, allow_infinity=True)
 
 
 def check_kernel(kernel: str) -> str:
@@ -139,7 +137,7 @@ def band(
         old_log_probs: log pi_old(a_t | s_t) of the sampled tokens; any shape, floating dtype,
             device. log-prob -inf (p = 0) gives (0, +inf); 0 (p = 1) gives (r*, 1) where r* is
             the divergence's limit (exp(-delta) for ``kl``).
-        delta: radius of the trust region, a finite positive number.
+        delta: radius of the trust region, in [1e-6, 1e3] (DELTA_RANGE; ValueError outside).
         divergence: ``"kl"`` (default), ``"tv"``, ``"chi2"``, ``"reverse_kl"``,
             ``"hellinger"``, or a :class:`bandpo.Divergence` built from any generator f.
         upper_max: cap on the upper bound (the published runs used 10); None for no cap.
@@ -163,6 +161,13 @@ def band(
         (lower, upper) with the shape, dtype and device of ``old_log_probs``, lower in [0, 1],
         upper in [1, min(1/p, upper_max)], no autograd history. Computed in float64 for float64
         input and in float32 otherwise.
+
+    Example (the paper's delta = 0.1, float64):
+
+        >>> import torch, bandpo
+        >>> lower, upper = bandpo.band(torch.log(torch.tensor([0.08, 0.5, 0.9], dtype=torch.float64)), 0.1)
+        >>> [round(x, 5) for x in lower.tolist()], [round(x, 5) for x in upper.tolist()]
+        ([0.12306, 0.57424, 0.79736], [3.16885, 1.42576, 1.09271])
     """
     if not isinstance(old_log_probs, Tensor) or not old_log_probs.is_floating_point():
         raise ValueError(

@@ -3,7 +3,7 @@
  * Built and loaded by bandpo/cpu_kernels.py (see there for why this file exists). Portable C11
  * with GCC/Clang vector extensions: a vector of 16 floats maps to one AVX-512 register, two AVX2
  * registers or four NEON registers. Each block handles BLOCK_VECTORS vectors side by side, so the
- * long dependency chains of the kl solver (exp -> log -> divide, three times) overlap in the
+ * long dependency chains of the kl solver (exp -> log -> divide, per Halley step) overlap in the
  * out-of-order core instead of waiting on each other.
  *
  * The formulas are those of bandpo/divergences.py; e^y and log x are evaluated here with
@@ -81,12 +81,8 @@ INLINE vf expm1_nonnegative(vf y) {
     return pick(y > 88.0f, splat(__builtin_inff()), (scale - 1.0f) + scale * expm1_r);
 }
 
-/* log x for normal positive x:  x = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)),
- *     log x = k ln 2 + f - f^2 / 2 + f^3 Q(f). */
-INLINE vf log_normal(vf x) {
-    vi bits = (vi)x + (0x3f800000 - 0x3f3504f3); /* moves the mantissa cut from 1 to sqrt(1/2) */
-    vf k = __builtin_convertvector((bits >> 23) - 127, vf);
-    vf f = (vf)((bits & 0x007fffff) + 0x3f3504f3) - 1.0f;
+/* k ln 2 + log(1 + f) for f in about [sqrt(1/2) - 1, sqrt(2) - 1):  f - f^2 / 2 + f^3 Q(f) */
+INLINE vf log_reduced(vf k, vf f) {
     vf poly = f * -0.08101558333421245f + 0.1271230767781246f;
     poly = poly * f - 0.1297223898896245f;
     poly = poly * f + 0.1420217382217867f;
@@ -98,32 +94,55 @@ INLINE vf log_normal(vf x) {
     return f + ((f2 * f * poly + k * LN2_LO) - 0.5f * f2) + k * LN2_HI;
 }
 
+/* f with x = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)), for normal positive x */
+INLINE vf reduce_log_argument(vf x, vi *k_int) {
+    vi bits = (vi)x + (0x3f800000 - 0x3f3504f3); /* moves the mantissa cut from 1 to sqrt(1/2) */
+    *k_int = (bits >> 23) - 127;
+    return (vf)((bits & 0x007fffff) + 0x3f3504f3) - 1.0f;
+}
+
+/* log x for normal positive x */
+INLINE vf log_normal(vf x) {
+    vi k_int;
+    vf f = reduce_log_argument(x, &k_int);
+    return log_reduced(__builtin_convertvector(k_int, vf), f);
+}
+
+/* log(1 + z) for z >= 0 (1 + z < 2^127): with y = 1 + z rounded and c = z - (y - 1) its rounding
+ * error (exact up to y = 2^24; past it, c / y is below the rounding of the result),
+ *     log(1 + z) = log(y + c) = k ln 2 + log(1 + f + c 2^-k). */
+INLINE vf log1p_nonnegative(vf z) {
+    vf y = 1.0f + z;
+    vf c = z - (y - 1.0f);
+    vi k_int;
+    vf f = reduce_log_argument(y, &k_int);
+    return log_reduced(__builtin_convertvector(k_int, vf), f + c * (vf)((127 - k_int) << 23));
+}
+
 /* Forward-KL shrink problems (bandpo.divergences.kl_shrink), 2 * BLOCK_VECTORS of them at once:
- *     F(u) = a u - b log(1 - a e^-u) + b log b - delta = 0,   s = e^-u,  w = 1 - s,
- * Halley's step in the form with one division, m = 1 - a e^-u:
+ *     F(u) = a u - b log(1 + a w / b) - delta = 0,   s = e^-u,  w = 1 - s,  m = b + a w,
+ * from u = max(sqrt(2 b delta / a) + delta (1 + a) / (3 a), delta / a), with Halley's step in the
+ * form with one division:
  *     u <- u - 2 F w m / (2 a w^2 - F b e^-u). */
 #define SHRINKS (2 * BLOCK_VECTORS)
-INLINE void kl_shrink(vf *a, const vf *b, const vf *log_b, float delta, const int steps, vf *s, vf *w) {
-    vf b_log_b[SHRINKS], u[SHRINKS];
+INLINE void kl_shrink(vf *a, const vf *b, float delta, const int steps, vf *s, vf *w) {
+    vf inv_b[SHRINKS], u[SHRINKS];
     EACH(j, SHRINKS) {
         a[j] = max_v(a[j], splat(1.0842022e-19f)); /* sqrt(FLT_MIN): keeps delta / a finite */
-        b_log_b[j] = b[j] * log_b[j];
+        inv_b[j] = 1.0f / max_v(b[j], splat(FLT_MIN)); /* keeps a w / b finite */
         vf inv_a = 1.0f / a[j];
-        vf outer = sqrt_v((delta - b_log_b[j]) * inv_a) * sqrt_v(sqrt_v(2.0f * delta * b[j] * inv_a));
-        u[j] = max_v(outer, delta * inv_a);
+        vf series = sqrt_v(2.0f * delta * b[j] * inv_a) + (delta / 3.0f) * (inv_a + 1.0f);
+        u[j] = max_v(series, delta * inv_a);
     }
     _Pragma("GCC unroll 4") for (int step = 0; step < steps; step++) {
-        vf e[SHRINKS], expm1_neg_u[SHRINKS], m[SHRINKS], log_m[SHRINKS];
-        /* e^-u below e^-40 changes nothing in 1 - a e^-u */
+        vf e[SHRINKS], expm1_neg_u[SHRINKS], log1p_z[SHRINKS];
+        /* e^-u below e^-40 changes nothing in b + a w */
         EACH(j, SHRINKS) exp_and_expm1(-min_v(u[j], splat(40.0f)), LOWEST_NORMAL, &e[j], &expm1_neg_u[j]);
+        EACH(j, SHRINKS) log1p_z[j] = log1p_nonnegative(a[j] * -expm1_neg_u[j] * inv_b[j]);
         EACH(j, SHRINKS) {
-            m[j] = 1.0f - a[j] * e[j];
-            log_m[j] = log_normal(m[j]);
-        }
-        EACH(j, SHRINKS) {
-            vf w_j = -expm1_neg_u[j];
-            vf f = a[j] * u[j] - b[j] * log_m[j] + b_log_b[j] - delta;
-            u[j] -= 2.0f * f * w_j * m[j] / (2.0f * a[j] * w_j * w_j - f * b[j] * e[j]);
+            vf w_j = -expm1_neg_u[j], m = b[j] + a[j] * w_j;
+            vf f = a[j] * u[j] - b[j] * log1p_z[j] - delta;
+            u[j] -= 2.0f * f * w_j * m / (2.0f * a[j] * w_j * w_j - f * b[j] * e[j]);
         }
     }
     EACH(j, SHRINKS) {
@@ -132,22 +151,22 @@ INLINE void kl_shrink(vf *a, const vf *b, const vf *log_b, float delta, const in
     }
 }
 
-/* lower = s*(p), upper = 1 + (1 - p) w*(1 - p) / p (bandpo.shrink.two_sided_bounds) */
+/* lower = s*(p), upper = 1 + (1 - p) w*(1 - p) t t with t = p^(-1/2), which keeps its precision
+ * where p is subnormal (bandpo.shrink.two_sided_bounds) */
 INLINE void kl_block(const vf *log_p, vf *lower, vf *upper, float delta, const int steps) {
-    vf a[SHRINKS], b[SHRINKS], log_b[SHRINKS], s[SHRINKS], w[SHRINKS];
+    vf a[SHRINKS], b[SHRINKS], s[SHRINKS], w[SHRINKS];
     EACH(j, BLOCK_VECTORS) {
         vf p, expm1_log_p;
-        exp_and_expm1(log_p[j], LOWEST_SUBNORMAL, &p, &expm1_log_p); /* p > 0 keeps upper finite */
+        exp_and_expm1(log_p[j], LOWEST_SUBNORMAL, &p, &expm1_log_p);
         vf complement = -expm1_log_p;
-        a[j] = p, b[j] = complement, log_b[j] = log_normal(max_v(complement, splat(FLT_MIN)));
+        a[j] = p, b[j] = complement;
         a[BLOCK_VECTORS + j] = complement, b[BLOCK_VECTORS + j] = p;
-        log_b[BLOCK_VECTORS + j] = max_v(log_p[j], splat(-FLT_MAX)); /* b log b = 0 at p = 0 */
     }
-    kl_shrink(a, b, log_b, delta, steps, s, w);
+    kl_shrink(a, b, delta, steps, s, w);
     EACH(j, BLOCK_VECTORS) {
-        vf p = b[BLOCK_VECTORS + j], complement = b[j];
+        vf t = expm1_nonnegative(-0.5f * log_p[j]) + 1.0f;
         lower[j] = s[j];
-        upper[j] = 1.0f + max_v(w[BLOCK_VECTORS + j], splat(FLT_MIN)) * complement / p;
+        upper[j] = 1.0f + ((max_v(w[BLOCK_VECTORS + j], splat(FLT_MIN)) * b[j]) * t) * t;
     }
 }
 
@@ -164,15 +183,20 @@ INLINE void tv_block(const vf *log_p, vf *lower, vf *upper, float delta) {
 }
 
 /* Pearson chi-square: r = 1 -/+ sqrt(delta (1 - p) / p) inside [0, 1/p]. With g = p^(-1/2) - 1
- * (accurate near p = 1), (1 - p) / p = g (g + 2); past g = 2^60 the reach is g sqrt(delta) to
- * float precision, which keeps it finite where g (g + 2) overflows (bandpo.divergences.chi2_bounds). */
+ * (accurate near p = 1), (1 - p) / p = g (g + 2) and the reach is sqrt(delta) sqrt(g (g + 2)).
+ * Past p^(-1/2) = e^41.5 (> 2^59) the reach is sqrt(delta / p) to float precision and below 1 / p;
+ * it is formed as t^2 with t = delta^(1/4) e^(-log(p) / 4), which overflows only where the reach
+ * does (p^(-1/2) itself overflows while sqrt(delta / p) is still finite; bandpo.divergences.chi2_bounds). */
 INLINE void chi2_block(const vf *log_p, vf *lower, vf *upper, float delta) {
     EACH(j, BLOCK_VECTORS) {
-        vf g = expm1_nonnegative(-0.5f * log_p[j]);
-        vf odds = g * (g + 2.0f); /* 1 / p - 1 */
-        vf reach = pick(g > 0x1p60f, g * __builtin_sqrtf(delta), sqrt_v(delta * odds));
+        vf y = -0.5f * log_p[j];
+        vi far = y > 41.5f;
+        vf g = expm1_nonnegative(pick(far, 0.5f * y, y));
+        vf t = (g + 1.0f) * __builtin_sqrtf(__builtin_sqrtf(delta));
+        vf odds = g * (g + 2.0f); /* 1 / p - 1 (near p = 1) */
+        vf reach = pick(far, t * t, sqrt_v(odds) * __builtin_sqrtf(delta));
         lower[j] = max_v(1.0f - reach, splat(0.0f));
-        upper[j] = 1.0f + min_v(reach, odds);
+        upper[j] = 1.0f + pick(far, reach, min_v(reach, odds));
     }
 }
 
@@ -185,7 +209,7 @@ INLINE void bounds_block(int divergence, const float *in, float *lower_out, floa
     vf log_p[BLOCK_VECTORS], lower[BLOCK_VECTORS], upper[BLOCK_VECTORS];
     EACH(j, BLOCK_VECTORS) log_p[j] = min_v(*(const vf_unaligned *)(in + j * LANES), splat(0.0f));
     switch (divergence) {
-    case KL:
+    case KL: /* a constant step count unrolls the Halley loop */
         if (kl_steps == 2) kl_block(log_p, lower, upper, delta, 2);
         else kl_block(log_p, lower, upper, delta, 3);
         break;
@@ -198,12 +222,14 @@ INLINE void bounds_block(int divergence, const float *in, float *lower_out, floa
     }
 }
 
-/* Entry point: returns 0, or -1 for an unknown divergence. Built with OpenMP, the blocks are shared
+/* Entry point: returns 0, -1 for an unknown divergence, or -2 for a kl step count other than 2 or 3
+ * (bandpo.divergences.kl_halley_steps). Built with OpenMP, the blocks are shared
  * among `threads` threads of the process's OpenMP pool (PyTorch's own, when the loader finds its
  * libgomp already loaded), so the kernel never competes with idle-spinning PyTorch workers. */
 int bandpo_band_f32(int divergence, const float *log_p, float *lower, float *upper, long n,
                     float delta, float upper_max, int kl_steps, int threads) {
     if (divergence < KL || divergence > CHI2) return -1;
+    if (divergence == KL && kl_steps != 2 && kl_steps != 3) return -2;
     long full = n / BLOCK * BLOCK;
     #pragma omp parallel for num_threads(threads > 1 ? threads : 1) schedule(static) if (threads > 1)
     for (long i = 0; i < full; i += BLOCK)

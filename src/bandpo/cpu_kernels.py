@@ -176,7 +176,7 @@ def ratio_bounds(
         log_p.numel(),
         delta,
         math.inf if upper_max is None else upper_max,
-        kl_halley_steps(torch.float32, delta),
+        kl_halley_steps(torch.float32),
         threads,
     )
     if status != 0:

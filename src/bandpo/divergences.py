@@ -10,12 +10,16 @@ Built in: ``kl`` (the paper's forward KL(pi_old || pi_new), f(u) = -log u + u - 
 they exist, a fixed-length Halley iteration for ``kl``, and the generic solver of
 :mod:`bandpo.shrink` for ``reverse_kl`` and any user-defined generator:
 
-    >>> js = Divergence(  # Jensen-Shannon; lim f(x)/x decides the bound at p = 1 exactly
+    >>> import math, torch, bandpo
+    >>> js = bandpo.Divergence(  # Jensen-Shannon; lim f(x)/x decides the bound at p = 1 exactly
     ...     "js",
     ...     lambda u: torch.xlogy(u, 2 * u / (1 + u)) + torch.log(2 / (1 + u)),
     ...     slope_at_infinity=math.log(2),
     ... )
+    >>> old_log_probs = torch.log(torch.tensor([0.08, 0.5, 0.9], dtype=torch.float64))
     >>> lower, upper = bandpo.band(old_log_probs, 0.05, js)
+    >>> [round(x, 4) for x in lower.tolist()], [round(x, 4) for x in upper.tolist()]
+    ([0.0211, 0.5657, 0.8098], [3.0126, 1.4343, 1.103])
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ class Divergence:
 
     Args:
         name: short identifier shown in errors, metrics and plots.
-        generator: f, elementwise on tensors, convex on [0, inf) with f(1) = 0.
+        generator: f, elementwise on tensors, convex on [0, inf) with f(1) = 0. The generic solver
+            is as precise as f near u = 1, where f(u) ~ (u - 1)^2: add its terms so that they do
+            not round against 1 first, e.g. -log(u) + (u - 1) rather than -log(u) + u - 1.
         derivative: f'; obtained by autograd from ``generator`` when omitted.
         slope_at_infinity: lim_{x -> inf} f(x) / x, the cost of moving mass onto an outcome of
             probability 0 (decides the bound at p = 1 exactly; +inf for chi2-like generators).
@@ -103,20 +109,25 @@ class Divergence:
 def tv_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """Total variation, g = |q - p|:  r = 1 -/+ delta / p, clamped to the simplex [0, 1/p].
 
-    delta / p is formed as exp(log delta - log p), finite wherever the bound itself is.
+    With t = p^(-1/2), delta / p = (delta t) t and 1 / p = t t overflow only where their values do.
+    (No log(delta): under torch.compile, math.log of the symbolic delta would compile one kernel per
+    radius.)
     """
-    reach = torch.rsub(log_p, math.log(delta)).exp_()
-    upper = torch.minimum(reach.add(1.0), torch.exp(-log_p))
+    t = torch.mul(log_p, -0.5).exp_()
+    reach = torch.mul(t, delta).mul_(t)
+    upper = torch.minimum(reach.add(1.0), t.square_())
     return reach.neg_().add_(1.0).clamp_min_(0.0), upper
 
 
 def chi2_bounds(log_p: Tensor, delta: float) -> tuple[Tensor, Tensor]:
     """Pearson chi-square, g = (q - p)^2 / (p (1 - p)):  r = 1 -/+ sqrt(delta (1 - p) / p).
 
-    The reach is sqrt(delta) sqrt(1 - p) p^(-1/2): 1 - p keeps its precision near p = 1, and no
-    intermediate overflows where the bound is finite.
+    The reach is (delta^(1/4) t)^2 sqrt(1 - p) with t = p^(-1/4): 1 - p keeps its precision near
+    p = 1, and no intermediate overflows where the bound is finite (sqrt(delta / p) can be finite
+    where p^(-1/2) is not).
     """
-    reach = expm1(log_p).neg_().sqrt_().mul_(torch.exp(log_p * -0.5)).mul_(math.sqrt(delta))
+    quarter = torch.mul(log_p, -0.25).exp_().mul_(math.sqrt(math.sqrt(delta)))
+    reach = quarter.square_().mul_(expm1(log_p).neg_().sqrt_())
     upper = torch.minimum(reach.add(1.0), torch.exp(-log_p))
     return reach.neg_().add_(1.0).clamp_min_(0.0), upper
 
@@ -130,9 +141,11 @@ def hellinger_shrink(
     cos^2(alpha + theta), or 0 once alpha + theta >= pi / 2. With k = sqrt(b / a):
 
         s = (cos theta - k sin theta)^2,   w = 1 - s = sin theta (sin theta (1 - k^2) + 2 k cos theta)
+
+    sin theta = sqrt(delta (1 - delta / 4)) exactly (1 - cos^2 theta would cancel for small delta).
     """
     cos_theta = max(1.0 - delta / 2.0, -1.0)
-    sin_theta = math.sqrt(1.0 - cos_theta * cos_theta)
+    sin_theta = math.sqrt(max(delta * (1.0 - delta / 4.0), 0.0))
     k = torch.sqrt(b / a).clamp_max(torch.finfo(a.dtype).max)  # inf * sin(theta) = 0 * inf would be NaN
     # (no alpha= arguments: under torch.compile(dynamic=True) a symbolic alpha is mis-applied)
     root = k.mul(-sin_theta).add_(cos_theta)
@@ -145,69 +158,91 @@ def hellinger_shrink(
 # --- forward KL: fixed-length Halley iteration -------------------------------------------
 
 
-KL_ITERATIONS = {torch.float64: 3, torch.float32: 3}
-KL_FLOAT32_TWO_STEP_MIN_DELTA = 0.02
-"""From this radius up, two Halley steps reach float32 accuracy (worst relative error 4.4e-6 at delta = 0.02)."""
+KL_ITERATIONS = {torch.float64: 3, torch.float32: 2}
+"""Halley steps from kl_shrink's starting point that reach each dtype's rounding level for every p
+and every delta in [1e-6, 1e3] (bandpo.band.DELTA_RANGE): relative error below 2e-15 (float64) and
+5e-7 (float32); two float64 steps would leave 3e-12."""
+KL_FUSED_FLOAT32_ITERATIONS = 3
+"""The fused (torch.compile) kernel takes a third float32 step: with the previous starting point it
+measured faster that way on CPU (30 ms vs 44 ms per 1M tokens; not re-measured since)."""
 EXP_FLOOR = 40.0
 
 
-def kl_halley_steps(dtype: torch.dtype, delta: float, fused: bool = False) -> int:
-    """Halley steps that reach the accuracy of ``dtype``: 3, or 2 for float32 from delta = 0.02 on.
-    The fused (torch.compile) kernel keeps three: it measured faster that way on CPU (30 ms vs
-    44 ms per 1M tokens)."""
-    if dtype == torch.float32 and delta >= KL_FLOAT32_TWO_STEP_MIN_DELTA and not fused:
-        return 2
+def kl_halley_steps(dtype: torch.dtype, fused: bool = False) -> int:
+    """Halley steps of kl_shrink for ``dtype``, one rule for the PyTorch and the C kernels."""
+    if dtype == torch.float32 and fused:
+        return KL_FUSED_FLOAT32_ITERATIONS
     return KL_ITERATIONS[dtype]
 
 
 def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-    """Forward KL, g = a log(a / (a s)) + b log(b / (1 - a s)). In u = -log s:
+    """Forward KL, g = a log(a / (a s)) + b log(b / (1 - a s)). In u = -log s, with w = 1 - e^-u
+    and m = 1 - a e^-u = b + a w:
 
-        F(u)   = a u - b log(1 - a e^-u) + b log b - delta
-        F'(u)  = a (1 - e^-u) / (1 - a e^-u),   F''(u) = a b e^-u / (1 - a e^-u)^2
+        F(u)   = a u - b log(1 + a w / b) - delta
+        F'(u)  = a w / m,   F''(u) = a b e^-u / m^2
 
-    F is convex and increasing with a u^2 / (2 b) >= F + delta and asymptote a u + b log b, so
-    the root lies in [max(sqrt(2 b delta / a), delta / a), (delta - b log b) / a]. Halley's
-    iteration, u <- u - (F / F') / (1 - F F'' / (2 F'^2)), from the geometric mean of the outer
-    ends converges to machine precision in 3 steps for float64 and float32 over
-    p in [1e-12, 1 - 1e-10], delta in [0.01, 0.5] (tests/test_divergences.py); for float32 and
-    delta >= 0.02, 2 steps already give a relative error below 5e-6.
+    Written with log1p and an exact w, F keeps its precision where b is close to 1 (the
+    textbook b log b - b log m cancels down to the rounding of b and m there) and near u = 0.
+    F is convex and increasing; F + delta <= a u, so the root is at least delta / a, and
+    F + delta = a u^2 / (2 b) - kappa u^3 + O(u^4), kappa = a / 6 + a^2 / (2 b) + a^3 / (3 b^2), so
+    for a small root (a + b = 1)
+
+        u ~ L + kappa b L^2 / a = L + delta (1 + a) / (3 a),   L = sqrt(2 b delta / a).
+
+    Halley's iteration, u <- u - (F / F') / (1 - F F'' / (2 F'^2)), starts from the larger of the
+    two, which lies below the root and less than 19% below it for every p and delta in [1e-6, 1e3]
+    (the worst case is a << delta ~ 4.5 a, where the root is about delta / a + 1); from there
+    2 steps reach float32 accuracy and 3 steps float64 accuracy (KL_ITERATIONS).
     """
-    # Written with in-place operations on five buffers: on CPU, allocating fresh 4-byte-per-token
-    # tensors costs more than the arithmetic. a >= sqrt(tiny) keeps delta / a finite for any
-    # delta and changes no result: below it s = 0 (lower side) or (1 - p) w / p = 0 (upper side).
-    a = a.clamp_min(math.sqrt(torch.finfo(a.dtype).tiny))
-    b_log_b = b * log_b
-    u = torch.rsub(b_log_b, delta).div_(a).sqrt_()
-    work = torch.mul(b, 2.0 * delta).div_(a).sqrt_().sqrt_()
-    u.mul_(work)
-    torch.maximum(u, torch.reciprocal(a, out=work).mul_(delta), out=u)
-    e, w, m = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
-    for _ in range(kl_halley_steps(a.dtype, delta, fused=torch.compiler.is_compiling())):
-        # e^-u below e^-40 changes nothing in 1 - a e^-u; capping it keeps products off the
-        # (very slow) denormal range.
-        torch.clamp(u, max=EXP_FLOOR, out=e).neg_().exp_()
-        torch.mul(e, -1.0, out=w).add_(1.0)
-        torch.mul(a, e, out=m).neg_().add_(1.0)
-        value = torch.log(m, out=work).mul_(b).neg_().addcmul_(a, u).add_(b_log_b).sub_(delta)
+    # In place on a few buffers: on CPU, allocating fresh 4-byte-per-token tensors costs more than
+    # the arithmetic. a >= sqrt(tiny) keeps delta / a finite and changes no result: below it s = 0
+    # (lower side) or (1 - p) w / p = 0 (upper side). b >= tiny in 1 / b keeps a w / b finite;
+    # where b < tiny, b log(1 + a w / b) is below 1e3 tiny either way.
+    tiny = torch.finfo(a.dtype).tiny
+    a = a.clamp_min(math.sqrt(tiny))
+    inverse_b = b.clamp_min(tiny).reciprocal_()
+    inverse_a = torch.reciprocal(a)
+    u = torch.add(inverse_a, 1.0).mul_(delta / 3.0).add_(torch.mul(b, 2.0 * delta).mul_(inverse_a).sqrt_())
+    torch.maximum(u, inverse_a.mul_(delta), out=u)
+    e, m, w, work = (torch.empty_like(u) for _ in range(4))
+    for _ in range(kl_halley_steps(a.dtype, fused=torch.compiler.is_compiling())):
+        # F needs w to full relative precision; e^-u = 1 - w only shapes Halley's correction.
+        # Past u = 40, 1 - e^-u is 1 in float64 too, and exp stays off its slow underflow path.
+        w = expm1(torch.clamp(u, max=EXP_FLOOR, out=w).neg_(), out=w).neg_()
+        torch.neg(w, out=e).add_(1.0)
+        torch.addcmul(b, a, w, out=m)
+        value = torch.mul(w, inverse_b, out=work).mul_(a).log1p_().mul_(b).neg_().addcmul_(a, u).sub_(delta)
         step = value.mul_(m).div_(a).div_(w)  # F / F'
         halley = e.mul_(b).div_(m).div_(w).mul_(step).mul_(-0.5).add_(1.0)  # 1 - F F'' / (2 F'^2)
         u.sub_(step.div_(halley))
     return exp_neg_and_complement(u)
 
 
+# The generators add their terms in the order that keeps f(u) ~ (u - 1)^2 / 2 precise near u = 1
+# (u - 1 is exact there; -log(u) + u - 1 evaluated left to right rounds 1 + (u - 1)^2 / 2 first).
+
+
 def _kl_generator(u: Tensor) -> Tensor:
-    return -torch.log(u) + u - 1
+    return -torch.log(u) + (u - 1)
 
 
 def _reverse_kl_generator(u: Tensor) -> Tensor:
-    return torch.xlogy(u, u) - u + 1
+    return torch.xlogy(u, u) + (1 - u)
 
 
 def _reverse_kl_perspective(b: Tensor, y: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor]:
-    """b f(y / b) = y (log y - log b) - y + b and f'(y / b) = log y - log b, with no y / b."""
-    log_ratio = torch.log(y) - log_b
-    value = torch.where(y > 0, y * log_ratio, torch.zeros_like(y)) - y + b
+    """b f(y / b) = y log(y / b) - (y - b) and f'(y / b) = log(y / b), with no y / b.
+
+    For y < 2 b, y - b is exact and log(y / b) = log1p((y - b) / b) keeps its precision as y -> b,
+    where the value is (y - b)^2 / (2 b) and the two terms cancel to first order; beyond,
+    log y - log b.
+    """
+    increment = y - b
+    near = y < 2 * b
+    safe_b = torch.where(near, b, torch.ones_like(b))
+    log_ratio = torch.where(near, torch.log1p(increment / safe_b), torch.log(y) - log_b)
+    value = torch.where(y > 0, y * log_ratio, torch.zeros_like(y)) - increment
     return value, log_ratio
 
 

@@ -10,13 +10,13 @@ then aggregated over the batch (:mod:`bandpo.aggregation`).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from bandpo.aggregation import aggregate, check_loss_agg_mode
+from bandpo.checks import check_number
 from bandpo.metrics import clip_metrics
 from bandpo.rules import BoundRule
 
@@ -42,8 +42,7 @@ def _check_inputs(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, 
 
 
 def _check_dual_clip(dual_clip: float | None) -> None:
-    if dual_clip is not None and not (isinstance(dual_clip, (int, float)) and dual_clip > 1 and math.isfinite(dual_clip)):
-        raise ValueError(f"dual_clip must be None or a finite number > 1, got {dual_clip!r}")
+    check_number("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
 
 
 def per_token_policy_loss(

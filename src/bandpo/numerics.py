@@ -1,11 +1,16 @@
 """Elementwise helpers that keep full precision in eager mode and under ``torch.compile``.
 
-Inductor's CPU kernels evaluate ``expm1(y)`` as ``exp(y) - 1`` (all precision lost for |y| < 1e-7
-in float32), so inside a compiled graph we use Kahan's formulation instead:
+Inductor's vectorised CPU kernels evaluate ``expm1(y)`` as ``exp(y) - 1`` (all precision lost for
+|y| < 1e-7 in float32; its CUDA kernels call libdevice's exact expm1), so inside a graph compiled
+for the CPU we use Kahan's formulation instead:
 
     expm1(y) = y                          if e^y == 1
-             = e^y - 1                    if e^y is 0 or inf
+             = e^y - 1                    if e^y is below the smallest normal float, or inf
              = (e^y - 1) y / log(e^y)     otherwise (the rounding errors of e^y cancel)
+
+The trick needs e^y to carry a full mantissa: a subnormal e^y (y < -87.3 in float32) has only a
+few significant bits, so log(e^y) is not the log of the value that was rounded; there e^y - 1 = -1
+to working precision anyway.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import torch
 from torch import Tensor
 
 
-def expm1(y: Tensor) -> Tensor:
-    """e^y - 1 to within a few ulps, eager or compiled."""
-    if not torch.compiler.is_compiling():
-        return torch.expm1(y)
+def expm1(y: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """e^y - 1 to within a few ulps, eager or compiled. ``out`` receives the result except in a
+    graph compiled for the CPU: use the returned tensor."""
+    if not torch.compiler.is_compiling() or y.device.type != "cpu":
+        return torch.expm1(y, out=out)
     e = torch.exp(y)
     kahan = (e - 1) * y / torch.log(e)
-    return torch.where(e == 1, y, torch.where((e == 0) | torch.isinf(e), e - 1, kahan))
+    rounded_away = (e < torch.finfo(y.dtype).tiny) | torch.isinf(e)
+    return torch.where(e == 1, y, torch.where(rounded_away, e - 1, kahan))
 
 
 def exp_neg_and_complement(u: Tensor) -> tuple[Tensor, Tensor]:

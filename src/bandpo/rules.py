@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from bandpo.band import band, check_delta, check_kernel, check_upper_max
+from bandpo.checks import check_number
 from bandpo.divergences import Divergence, get_divergence
 
 METHODS = ("band", "clip", "clip-higher", "dcpo")
@@ -28,13 +29,6 @@ class BoundRule(Protocol):
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
         """(lower, upper) ratio bounds for each token's old log-probability."""
         ...
-
-
-def _check_eps(name: str, value: float, upper_limit: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if upper_limit is not None and not value < upper_limit:
-        raise ValueError(f"{name} must be < {upper_limit}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -73,8 +67,8 @@ class FixedClip:
     eps_high: float = 0.2
 
     def __post_init__(self) -> None:
-        _check_eps("eps_low", self.eps_low, upper_limit=1.0)
-        _check_eps("eps_high", self.eps_high)
+        check_number("eps_low", self.eps_low, low=0.0, high=1.0, high_open=True)  # lower = 1 - eps_low > 0
+        check_number("eps_high", self.eps_high, low=0.0)
 
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
         lower = torch.full_like(old_log_probs, 1.0 - self.eps_low).detach()
@@ -91,8 +85,8 @@ class DCPO:
     upper_max: float | None = 10.0
 
     def __post_init__(self) -> None:
-        _check_eps("eps_low", self.eps_low)
-        _check_eps("eps_high", self.eps_high)
+        check_number("eps_low", self.eps_low, low=0.0)
+        check_number("eps_high", self.eps_high, low=0.0)
         check_upper_max(self.upper_max)
 
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:

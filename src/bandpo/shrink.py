@@ -46,6 +46,9 @@ def two_sided_bounds(log_p: Tensor, delta: float, shrink: ShrinkSolver) -> tuple
     """Ratio bounds (lower, upper) for old log-probabilities ``log_p`` (<= 0) from a shrink solver.
 
         lower = s*(p),   upper = 1 + (1 - p) w*(1 - p) / p
+
+    1 / p is applied as t t with t = p^(-1/2): a subnormal p carries only a few significant bits,
+    while t is normal down to p = 1e-77 (float32), and the bound can be finite there.
     """
     p = torch.exp(log_p)
     p_complement = -expm1(log_p)
@@ -56,7 +59,8 @@ def two_sided_bounds(log_p: Tensor, delta: float, shrink: ShrinkSolver) -> tuple
     _, w_complement = shrink(p_complement, p, log_p_complement, log_p, delta)
     # w >= tiny keeps p = 0 at +inf rather than 0/0 when the complement cannot move at all.
     tiny = torch.finfo(log_p.dtype).tiny
-    upper = w_complement.clamp_min(tiny).mul_(p_complement).div_(p).add_(1.0)
+    t = torch.mul(log_p, -0.5).exp_()
+    upper = w_complement.clamp_min(tiny).mul_(p_complement).mul_(t).mul_(t).add_(1.0)
     return lower, upper
 
 
@@ -81,14 +85,23 @@ class Perspective(Protocol):
 def perspective_from_generator(
     generator: Generator, derivative: Generator, slope_at_infinity: float
 ) -> Perspective:
-    """b f(y / b) and f'(y / b) from f and f'; where b = 0, their limits y * f'(inf) and f'(inf)."""
+    """b f(y / b) and f'(y / b) from f and f'; where b = 0, their limits y * f'(inf) and f'(inf).
+
+    Where y / b exceeds R = 1 / tiny (b subnormal, say), b f(y / b) = y f(r) / r is taken at r = R,
+    where f(r) / r has reached its limit f'(inf) to rounding for generators of finite slope (kl-like)
+    and is far above any delta for steeper ones. (The overflowing ratio would give inf - inf = NaN.)
+    """
 
     def perspective(b: Tensor, y: Tensor, log_b: Tensor) -> tuple[Tensor, Tensor]:
+        largest = 1.0 / torch.finfo(y.dtype).tiny
         positive = b > 0
         safe_b = torch.where(positive, b, torch.ones_like(b))
         ratio = y / safe_b
+        far = ratio > largest
+        ratio = torch.where(far, torch.full_like(ratio, largest), ratio)
+        value = torch.where(far, y * (generator(ratio) / largest), safe_b * generator(ratio))
         limit = torch.where(y > 0, y * slope_at_infinity, torch.zeros_like(y))
-        value = torch.where(positive, safe_b * generator(ratio), limit)
+        value = torch.where(positive, value, limit)
         slope = torch.where(positive, derivative(ratio), torch.full_like(y, slope_at_infinity))
         return value, slope
 

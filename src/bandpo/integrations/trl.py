@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 
+from bandpo.band import DELTA_RANGE
+from bandpo.checks import check_number
 from bandpo.divergences import DIVERGENCES
 from bandpo.metrics import clip_metrics
 from bandpo.rules import METHODS, BoundRule, make_rule
@@ -115,8 +117,7 @@ class BandPOConfig(GRPOConfig):
         if self.clip_method == "band":
             if self.divergence not in DIVERGENCES:
                 raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {self.divergence!r}")
-            if isinstance(self.bandpo_delta, bool) or not isinstance(self.bandpo_delta, (int, float)) or not self.bandpo_delta > 0:
-                raise ValueError(f"bandpo_delta must be a number > 0, got {self.bandpo_delta!r}")
+            check_number("bandpo_delta", self.bandpo_delta, low=DELTA_RANGE[0], high=DELTA_RANGE[1])
         if self.clip_method == "dcpo":
             eps_low, eps_high = self.dcpo_eps_low, self.dcpo_eps_high
         else:

@@ -28,7 +28,6 @@ A misspelt field fails when verl builds the config (the dataclass has no such ar
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -37,6 +36,7 @@ from torch import Tensor
 from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
+from bandpo.checks import check_number
 from bandpo.loss import clipped_surrogate
 from bandpo.metrics import clip_metrics, metrics_to_floats
 from bandpo.rules import DCPO, Band, BoundRule, FixedClip
@@ -98,12 +98,7 @@ def bound_rule_from_config(loss_mode: str, config: Any) -> BoundRule:
 
 def _dual_clip_from_config(config: Any) -> float:
     """verl's dual-clip constant ``actor.clip_ratio_c`` (always on in verl), checked to be > 1."""
-    clip_ratio_c = config.get("clip_ratio_c", 3.0)
-    if isinstance(clip_ratio_c, bool) or not isinstance(clip_ratio_c, (int, float)):
-        raise ValueError(f"actor.clip_ratio_c must be a finite number > 1, got {clip_ratio_c!r}")
-    if not (math.isfinite(clip_ratio_c) and clip_ratio_c > 1):
-        raise ValueError(f"actor.clip_ratio_c must be a finite number > 1, got {clip_ratio_c!r}")
-    return float(clip_ratio_c)
+    return check_number("actor.clip_ratio_c", config.get("clip_ratio_c", 3.0), low=1.0, low_open=True)
 
 
 def verl_metrics(
