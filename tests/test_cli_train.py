@@ -180,3 +180,13 @@ def test_an_unfinished_run_is_trained_again(tmp_path, tiny_model_dir):
     summary_path.write_text(json.dumps({**summary, "interrupted": True, "wall_seconds": -1.0}))
     assert compare.main(argv) == 0
     assert json.loads(summary_path.read_text())["wall_seconds"] > 0
+
+
+def test_compare_checks_its_configuration_before_loading(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import bandpo.training.models as models
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda source: pytest.fail("model loaded"))
+    (tmp_path / "c.yaml").write_text("learning_rate: [1\n")
+    argv = ["--model", tiny_model_dir, "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "cmp")]
+    assert compare.main(argv) == 2
+    assert "--config: cannot read" in capsys.readouterr().err

@@ -117,9 +117,16 @@ def test_gradient_cut_counts_per_p_old_bucket(metrics):
 def test_p_equal_to_one_falls_in_the_top_bucket():
     old = torch.zeros(1, 2)
     new = old.clone()
-    m = clip_metrics(torch.ones(1, 2), torch.full((1, 2), 0.8), torch.full((1, 2), 1.2),
-                     torch.ones(1, 2), old, new, torch.ones(1, 2))
+    m = clip_metrics(ratio=torch.ones(1, 2), lower=torch.full((1, 2), 0.8), upper=torch.full((1, 2), 1.2),
+                     advantages=torch.ones(1, 2), old_log_probs=old, log_probs=new, mask=torch.ones(1, 2))
     assert m["tokens/p_old_0.8-1.0"].item() == 2
+
+
+def test_tensors_are_passed_by_name():
+    """Eight tensors of one shape: positional arguments, which could be swapped unnoticed, are refused."""
+    tensors = [torch.ones(1, 2)] * 7
+    with pytest.raises(TypeError):
+        clip_metrics(*tensors)
 
 
 def test_bound_means_with_per_token_bounds_exclude_padding():
@@ -200,3 +207,16 @@ def test_metrics_ignore_minus_infinity_log_probs_at_masked_positions():
     _, m = policy_loss(new2, old2, advantages, mask, clip=FixedClip())
     got, want = metrics_to_floats(m), metrics_to_floats(reference)
     assert got == pytest.approx(want)
+
+
+def test_dual_clip_share_counts_negative_advantage_tokens_whose_loss_is_capped():
+    """c = 3: tokens with A < 0 and max(r, clip(r)) > 3 are capped; A > 0 or r <= 3 are not."""
+    ratio = torch.tensor([[4.0, 2.0, 5.0, 3.5]])
+    bounds = torch.full_like(ratio, 0.8), torch.full_like(ratio, 1.2)
+    advantages = torch.tensor([[-1.0, -1.0, 1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    zeros = torch.zeros_like(ratio)
+    tensors = dict(ratio=ratio, lower=bounds[0], upper=bounds[1], advantages=advantages, old_log_probs=zeros,
+                   log_probs=zeros, mask=mask)
+    assert clip_metrics(**tensors, dual_clip=3.0)["clip_ratio/dual_clip_mean"].item() == pytest.approx(1 / 3)
+    assert "clip_ratio/dual_clip_mean" not in clip_metrics(**tensors)

@@ -8,6 +8,10 @@ With mask m (1 on valid response tokens) and per-token loss L:
     seq-mean-token-sum-norm  sum_{i,t} L m / (B * C), C = constant          (Dr. GRPO; C defaults to T)
 
 Sequences without valid tokens do not count in the ``seq-mean-*`` means; an all-zero mask gives 0.
+
+``seq-mean-token-sum-norm`` divides by B * C, as Dr. GRPO does. verl and the original BandPO code
+divide the same sum by T alone, a loss B times larger: the same direction, a learning rate B times
+higher. The verl integration aggregates with verl's own ``agg_loss``, so there it is verl's convention.
 """
 
 from __future__ import annotations

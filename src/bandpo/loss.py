@@ -56,6 +56,29 @@ def per_token_policy_loss(
     return loss
 
 
+class PolicyTerms(NamedTuple):
+    """What every engine's loss is made of before it aggregates: the loss matrix and the cleaned
+    inputs the metrics need (padding read as p = 1 with ratio 1; advantages broadcast to (B, T))."""
+
+    loss_matrix: Tensor
+    ratio: Tensor
+    lower: Tensor
+    upper: Tensor
+    advantages: Tensor
+    old_log_probs: Tensor
+    log_probs: Tensor
+    mask: Tensor
+    dual_clip: float | None
+
+    def metrics(self, entropy: Tensor | None = None) -> dict[str, Tensor]:
+        """:func:`bandpo.metrics.clip_metrics` of these terms (with the dual-clip share when it is on)."""
+        return clip_metrics(
+            ratio=self.ratio, lower=self.lower, upper=self.upper, advantages=self.advantages,
+            old_log_probs=self.old_log_probs, log_probs=self.log_probs.detach(), mask=self.mask, entropy=entropy,
+            dual_clip=self.dual_clip,
+        )
+
+
 class ClippedSurrogate(NamedTuple):
     """Per-token pieces of the loss: the loss matrix and what the metrics need (no history but the loss)."""
 
@@ -82,6 +105,37 @@ def clipped_surrogate(
     lower, upper = lower.detach().to(ratio.dtype), upper.detach().to(ratio.dtype)
     loss_matrix = per_token_policy_loss(ratio, lower, upper, advantages, dual_clip)
     return ClippedSurrogate(loss_matrix, ratio.detach(), lower, upper)
+
+
+def policy_terms(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip: BoundRule,
+    dual_clip: float | None = None,
+) -> PolicyTerms:
+    """The front half every engine shares (:func:`policy_loss`, verl, OpenRLHF): validate the
+    inputs, the rule and ``dual_clip``, read padding as p = 1 with ratio 1 (it may hold any value,
+    -inf included, and then contributes 0 to the loss, its gradient and the metrics), broadcast (B,)
+    advantages, and form the clipped surrogate. Engines differ only in how they aggregate."""
+    _check_inputs(log_probs, old_log_probs, advantages, mask)
+    _check_dual_clip(dual_clip)
+    if isinstance(clip, type) or not isinstance(clip, BoundRule):
+        raise ValueError(
+            f"clip must be a bound rule instance such as Band(), FixedClip() or DCPO() (anything with "
+            f"bounds(old_log_probs)), got {clip!r}"
+        )
+    valid = mask != 0
+    mask = mask.to(log_probs.dtype)
+    log_probs = torch.where(valid, log_probs, 0.0)
+    old_log_probs = torch.where(valid, old_log_probs, 0.0).detach()
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    advantages = advantages.expand_as(log_probs)
+    surrogate = clipped_surrogate(log_probs, old_log_probs, advantages, clip, dual_clip)
+    return PolicyTerms(*surrogate, advantages, old_log_probs, log_probs, mask, dual_clip)
 
 
 def policy_loss(
@@ -114,25 +168,7 @@ def policy_loss(
         (loss, metrics): the scalar loss and a dict of detached 0-d tensors
         (:func:`bandpo.metrics.metrics_to_floats` turns them into floats).
     """
-    _check_inputs(log_probs, old_log_probs, advantages, mask)
     check_loss_agg_mode(loss_agg_mode)
-    _check_dual_clip(dual_clip)
-    if isinstance(clip, type) or not isinstance(clip, BoundRule):
-        raise ValueError(
-            f"clip must be a bound rule instance such as Band(), FixedClip() or DCPO() (anything with "
-            f"bounds(old_log_probs)), got {clip!r}"
-        )
-    valid = mask != 0
-    mask = mask.to(log_probs.dtype)
-    # Padding may hold any log-probability, -inf included: read it as p = 1 with ratio 1, so that
-    # no NaN (-inf - -inf) reaches the loss, its gradient or the metrics.
-    log_probs = torch.where(valid, log_probs, 0.0)
-    old_log_probs = torch.where(valid, old_log_probs, 0.0)
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1).expand_as(log_probs)
-    terms = clipped_surrogate(log_probs, old_log_probs, advantages, clip, dual_clip)
-    loss = aggregate(terms.loss_matrix, mask, loss_agg_mode, loss_agg_constant)
-    metrics = clip_metrics(
-        terms.ratio, terms.lower, terms.upper, advantages, old_log_probs.detach(), log_probs.detach(), mask, entropy
-    )
-    return loss, metrics
+    terms = policy_terms(log_probs, old_log_probs, advantages, mask, clip=clip, dual_clip=dual_clip)
+    loss = aggregate(terms.loss_matrix, terms.mask, loss_agg_mode, loss_agg_constant)
+    return loss, terms.metrics(entropy)

@@ -7,6 +7,7 @@ For valid tokens with ratio r, bounds [l, u], advantage A and old probability p:
     clip_ratio/region_mean      share of either                     (the paper's overall clip rate)
     clip_ratio/out_of_band      share with r outside [l, u], whatever the sign of A
     clip_ratio/low_p_high_share clip-high events with p < 0.2 / all gradient-cut tokens (Figure 3b)
+    clip_ratio/dual_clip_mean   share with A < 0 whose loss the dual clip c caps (max(r, clip(r)) > c)
     bounds/lower_mean, bounds/upper_mean, policy/ppo_kl (mean of log pi_old - log pi), entropy/mean
     tokens/p_old_<bucket>, clipped/p_old_<bucket>   counts of valid / gradient-cut tokens by p
 """
@@ -27,6 +28,7 @@ def bucket_names() -> list[str]:
 
 
 def clip_metrics(
+    *,
     ratio: Tensor,
     lower: Tensor,
     upper: Tensor,
@@ -35,8 +37,12 @@ def clip_metrics(
     log_probs: Tensor,
     mask: Tensor,
     entropy: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> dict[str, Tensor]:
-    """The metrics above; every argument (B, T), ``mask`` float. Returns detached 0-d tensors."""
+    """The metrics above; every argument (B, T), ``mask`` float. Returns detached 0-d tensors.
+
+    Keyword-only: eight tensors of one shape, where swapping two would silently give wrong numbers.
+    """
     with torch.no_grad():
         valid = mask > 0
         count = mask.sum().clamp_min(1.0)
@@ -70,6 +76,9 @@ def clip_metrics(
             metrics[f"clipped/p_old_{name}"] = (in_bucket & cut).sum().to(count.dtype)
         if entropy is not None:
             metrics["entropy/mean"] = masked_mean(entropy)
+        if dual_clip is not None:
+            unclipped_side = torch.maximum(ratio, torch.clamp(ratio, lower, upper))
+            metrics["clip_ratio/dual_clip_mean"] = share((advantages < 0) & (unclipped_side > dual_clip) & valid)
     return {key: value.detach() for key, value in metrics.items()}
 
 

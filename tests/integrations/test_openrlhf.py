@@ -195,3 +195,35 @@ def test_setup_hook_swaps_the_name_the_trainer_instantiates(monkeypatch):
     monkeypatch.setenv("BANDPO_CLIP_METHOD", "clip-higher")
     use_bandpo_policy_loss("fake_ppo_actor")
     assert target.PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.28).rule == FixedClip(0.2, 0.28)
+
+
+@pytest.mark.parametrize("token_level_loss", [True, False])
+def test_minus_infinity_in_padding_gives_the_same_finite_loss_and_gradient(token_level_loss):
+    """OpenRLHF aggregates with (loss * mask).sum(): a NaN in padding would poison it."""
+    log_probs, old_log_probs, advantages, action_mask = make_batch(seed=8)
+    padding = ~action_mask
+    padded = (log_probs.masked_fill(padding, -float("inf")), old_log_probs.masked_fill(padding, -float("inf")),
+              advantages, action_mask)
+    loss_module = BandPOPolicyLoss(dual_clip=3.0, token_level_loss=token_level_loss)
+    loss, grad, *_ = run_loss(loss_module, padded)
+    clean_loss, clean_grad, *_ = run_loss(loss_module, (log_probs, old_log_probs, advantages, action_mask))
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, clean_loss)
+    torch.testing.assert_close(grad, clean_grad)
+
+
+@pytest.mark.parametrize("dual_clip", [float("inf"), 1.0, float("nan")])
+def test_dual_clip_is_checked_like_bandpo_policy_loss(dual_clip):
+    with pytest.raises(ValueError, match="dual_clip must be None or a finite number > 1"):
+        BandPOPolicyLoss(dual_clip=dual_clip)
+    log_probs, old_log_probs, advantages, action_mask = make_batch(seed=9)
+    with pytest.raises(ValueError, match="dual_clip must be None or a finite number > 1"):
+        policy_loss(log_probs, old_log_probs, advantages, action_mask, clip=Band(), dual_clip=dual_clip)
+
+
+def test_bad_inputs_give_the_errors_of_bandpo_policy_loss():
+    log_probs, old_log_probs, advantages, action_mask = make_batch(seed=10)
+    with pytest.raises(ValueError, match="old_log_probs must have the shape of log_probs"):
+        run_loss(BandPOPolicyLoss(), (log_probs, old_log_probs[:, :-1], advantages, action_mask))
+    with pytest.raises(ValueError, match="advantages contain NaN"):
+        run_loss(BandPOPolicyLoss(), (log_probs, old_log_probs, advantages * float("nan"), action_mask))

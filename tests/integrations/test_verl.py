@@ -347,3 +347,38 @@ def test_ray_worker_sees_the_registration_through_external_lib_and_env():
         assert ray.get([plain.remote(False), with_env.remote(True)], timeout=120) == [MODULE, MODULE]
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("loss_agg_mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("loss_mode", bandpo_verl.BANDPO_LOSS_MODES)
+def test_minus_infinity_in_padding_gives_the_same_finite_loss_and_gradient(loss_mode, loss_agg_mode):
+    """Padding may hold any log-probability (-inf included); it must not reach the loss or its gradient."""
+    data = make_batch(seed=5)
+    padded = {**data}
+    padding = ~data["response_mask"]
+    padded["log_prob"] = data["log_prob"].masked_fill(padding, -float("inf"))
+    padded["old_log_prob"] = data["old_log_prob"].masked_fill(padding, -float("inf"))
+    config = actor_config(loss_mode, loss_agg_mode)
+    loss, grad, metrics = call_like_verl(loss_mode, padded, config)
+    clean_loss, clean_grad, clean_metrics = call_like_verl(loss_mode, data, config)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, clean_loss)
+    torch.testing.assert_close(grad, clean_grad)
+    assert metrics == pytest.approx(clean_metrics)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(advantages=d["advantages"].masked_fill(torch.ones_like(d["response_mask"]), float("nan"))),
+         "advantages contain NaN"),
+        (lambda d: d.update(old_log_prob=d["old_log_prob"][:, :-1]), "old_log_probs must have the shape of log_probs"),
+    ],
+)
+def test_bad_inputs_give_the_errors_of_bandpo_policy_loss(change, message):
+    data = make_batch(seed=6)
+    change(data)
+    with pytest.raises(ValueError, match=message):
+        call_like_verl("bandpo", data, actor_config("bandpo", "token-mean"))
+    with pytest.raises(ValueError, match=message):
+        bandpo_reference("bandpo", data, "token-mean")

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from bandpo.aggregation import aggregate
-from bandpo.loss import clipped_surrogate
-from bandpo.metrics import clip_metrics
+from bandpo.checks import check_number
+from bandpo.loss import policy_terms
 from bandpo.rules import BoundRule, make_rule
 
 OPENRLHF_ACTOR_MODULE = "openrlhf.trainer.ray.ppo_actor"
@@ -108,8 +108,7 @@ class BandPOPolicyLoss(nn.Module):
                 f"is_correction_level must be 'off' for BandPOPolicyLoss (no rollout correction), "
                 f"got {is_correction_level!r}"
             )
-        if dual_clip is not None and not dual_clip > 1.0:
-            raise ValueError(f"dual_clip must be None or a number > 1, got {dual_clip!r}")
+        check_number("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
         self.rule: BoundRule = make_rule(
             clip_method, divergence=divergence, delta=delta, upper_max=upper_max,
             eps_low=clip_eps_low, eps_high=clip_eps_high,
@@ -138,17 +137,12 @@ class BandPOPolicyLoss(nn.Module):
         ``clip_ratio`` is the share of valid tokens whose gradient the bounds cut, ``ppo_kl`` the mean of
         log pi_old - log pi; ``rollout_log_probs`` is unused (correction off).
         """
-        mask = torch.ones_like(log_probs) if action_mask is None else action_mask.to(log_probs.dtype)
-        old_log_probs = old_log_probs.detach()
-        loss_matrix, ratio, lower, upper = clipped_surrogate(
-            log_probs, old_log_probs, advantages, self.rule, self.dual_clip
-        )
+        mask = torch.ones_like(log_probs) if action_mask is None else action_mask
+        terms = policy_terms(log_probs, old_log_probs, advantages, mask, clip=self.rule, dual_clip=self.dual_clip)
         loss = global_aggregate(
-            loss_matrix, mask, self.token_level_loss, dp_size, batch_num_tokens, global_batch_size
+            terms.loss_matrix, terms.mask, self.token_level_loss, dp_size, batch_num_tokens, global_batch_size
         )
-        self.last_metrics = clip_metrics(
-            ratio, lower, upper, advantages.expand_as(ratio), old_log_probs, log_probs.detach(), mask
-        )
+        self.last_metrics = terms.metrics()
         return loss, self.last_metrics["clip_ratio/region_mean"], self.last_metrics["policy/ppo_kl"], None, None
 
 

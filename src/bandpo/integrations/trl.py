@@ -236,7 +236,11 @@ class BandPOTrainer(GRPOTrainer):
             advantages = advantages.unsqueeze(1)
         mask = mask.float()
         ratio = torch.exp(log_probs - old_log_probs)
-        local = clip_metrics(ratio, *bounds, advantages.expand_as(ratio), old_log_probs, log_probs, mask)
+        lower, upper = bounds
+        local = clip_metrics(
+            ratio=ratio, lower=lower, upper=upper, advantages=advantages.expand_as(ratio),
+            old_log_probs=old_log_probs, log_probs=log_probs, mask=mask,
+        )
         names = [name for name in local if name not in TRL_CLIP_METRICS]
         token_count = mask.sum()
         clipped_count = local["clip_ratio/region_mean"] * token_count.clamp_min(1.0)

@@ -37,13 +37,17 @@ from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import PolicyLossConfig
 
 from bandpo.checks import check_number
-from bandpo.loss import clipped_surrogate
-from bandpo.metrics import clip_metrics, metrics_to_floats
+from bandpo.loss import PolicyTerms, policy_terms
+from bandpo.metrics import metrics_to_floats
 from bandpo.rules import DCPO, Band, BoundRule, FixedClip
 
 BANDPO_LOSS_MODES = ("bandpo", "bandpo_clip", "bandpo_dcpo")
 
-VERL_METRIC_NAMES = {"clip_ratio/region_mean": "actor/pg_clipfrac", "policy/ppo_kl": "actor/ppo_kl"}
+VERL_METRIC_NAMES = {
+    "clip_ratio/region_mean": "actor/pg_clipfrac",
+    "clip_ratio/dual_clip_mean": "actor/pg_clipfrac_lower",
+    "policy/ppo_kl": "actor/ppo_kl",
+}
 """BandPO metrics that are what verl's vanilla loss logs under these names."""
 
 BANDPO_METRIC_PREFIX = "actor/bandpo/"
@@ -101,30 +105,14 @@ def _dual_clip_from_config(config: Any) -> float:
     return check_number("actor.clip_ratio_c", config.get("clip_ratio_c", 3.0), low=1.0, low_open=True)
 
 
-def verl_metrics(
-    ratio: Tensor,
-    lower: Tensor,
-    upper: Tensor,
-    advantages: Tensor,
-    old_log_probs: Tensor,
-    log_probs: Tensor,
-    mask: Tensor,
-    dual_clip: float,
-) -> dict[str, float]:
+def verl_metrics(terms: PolicyTerms) -> dict[str, float]:
     """BandPO's clip metrics under verl's names, plus ``actor/pg_clipfrac_lower`` (dual clip active).
 
     ``actor/pg_clipfrac`` is the share of valid tokens whose gradient the bounds cut,
     ``actor/pg_clipfrac_lower`` the share with A < 0 whose loss the dual clip caps, ``actor/ppo_kl`` the
     mean of log pi_old - log pi; the others appear as ``actor/bandpo/<bandpo name>``.
     """
-    metrics = {
-        VERL_METRIC_NAMES.get(name, BANDPO_METRIC_PREFIX + name): value
-        for name, value in clip_metrics(ratio, lower, upper, advantages, old_log_probs, log_probs, mask).items()
-    }
-    with torch.no_grad():
-        unclipped_side = torch.maximum(ratio, torch.clamp(ratio, lower, upper))
-        dual_clipped = (advantages < 0) & (unclipped_side > dual_clip) & (mask > 0)
-        metrics["actor/pg_clipfrac_lower"] = dual_clipped.sum() / mask.sum().clamp_min(1.0)
+    metrics = {VERL_METRIC_NAMES.get(name, BANDPO_METRIC_PREFIX + name): value for name, value in terms.metrics().items()}
     return metrics_to_floats(metrics)
 
 
@@ -143,17 +131,14 @@ def compute_bandpo_policy_loss(
         raise ValueError("config must be verl's actor config (ActorConfig), got None")
     rule = bound_rule_from_config(loss_mode, config)
     dual_clip = _dual_clip_from_config(config)
-    mask = response_mask.to(log_prob.dtype)
-    loss_matrix, ratio, lower, upper = clipped_surrogate(log_prob, old_log_prob, advantages, rule, dual_clip)
+    terms = policy_terms(log_prob, old_log_prob, advantages, response_mask, clip=rule, dual_clip=dual_clip)
+    loss_matrix = terms.loss_matrix
     if rollout_is_weights is not None:
         loss_matrix = loss_matrix * rollout_is_weights
     loss = agg_loss(
         loss_mat=loss_matrix, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
-    metrics = verl_metrics(
-        ratio, lower, upper, advantages, old_log_prob.detach(), log_prob.detach(), mask, dual_clip
-    )
-    return loss, metrics
+    return loss, verl_metrics(terms)
 
 
 def _make_verl_policy_loss(loss_mode: str) -> Callable[..., tuple[Tensor, dict[str, float]]]:
