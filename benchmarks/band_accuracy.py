@@ -7,7 +7,7 @@ p runs log-spaced over [1e-12, 1 - 1e-10] (dense near both ends), delta over the
 float32-rounded one for float32). Errors are relative, with the
 absolute floors of the accuracy target (1e-12 for float64, 1e-6 for float32) for bounds near 0.
 Targets: 1e-9 (float64) and 2e-5 (float32). Each kernel runs where it applies (native: kl, tv and
-chi2 in float32; fused compiles once per divergence and dtype, minutes for reverse_kl's generic solver).
+chi2 in float32; fused compiles once per divergence and dtype, in seconds for every built-in one).
 """
 
 from __future__ import annotations

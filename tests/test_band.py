@@ -299,24 +299,23 @@ def test_native_kernel_refuses_what_it_does_not_compute(x, name):
 # --- graph safety ----------------------------------------------------------------------------
 
 
-def test_kl_band_compiles_to_one_graph_and_matches_eager():
+@pytest.mark.parametrize("name", ["kl", "reverse_kl"])
+def test_band_of_the_halley_solvers_compiles_to_one_graph_and_matches_eager(name):
     """band(..., validate=False) has no data-dependent control flow or host sync: it compiles
     with torch.compile(fullgraph=True) and gives the eager bounds to float32 rounding."""
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x: band(x, 0.05, "kl", validate=False), fullgraph=True)
+    compiled = torch.compile(lambda x: band(x, 0.05, name, validate=False), fullgraph=True)
     x = torch.cat([torch.tensor([-math.inf, 0.0]), -torch.logspace(-9, 1.5, 30)])
     lower, upper = compiled(x)
-    eager_lower, eager_upper = band(x, 0.05, "kl")
+    eager_lower, eager_upper = band(x, 0.05, name)
     torch.testing.assert_close(lower, eager_lower, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(upper, eager_upper, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger", "reverse_kl"])
 def test_fused_kernels_give_the_eager_bounds(name):
     """kernel="fused" (torch.compile with dynamic shapes and a symbolic delta) computes the same
-    bounds as the eager kernels, ends and saturation included, for two radii in one graph.
-    (reverse_kl's 80-step generic solver takes minutes to compile on 2 cores; scripts/gpu_check.py
-    checks its fused kernel on CUDA.)"""
+    bounds as the eager kernels, ends and saturation included, for four radii in one graph."""
     x = torch.cat([torch.tensor([-math.inf, -200.0, 0.0, -1e-30]), -torch.logspace(-9, 1.5, 60)])
     for delta in (1e-6, 0.05, 0.3, 1e3):
         fused = band(x, delta, name, kernel="fused")
@@ -325,7 +324,7 @@ def test_fused_kernels_give_the_eager_bounds(name):
             torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger", "reverse_kl"])
 def test_fused_kernels_give_the_eager_bounds_for_subnormal_p(name):
     """float32 log p in [-104, -100] (p subnormal or 0): the fused bounds are the eager ones, never
     NaN. (Inductor's CPU expm1 is exp - 1, and Kahan's correction of it must not divide by the log
@@ -339,7 +338,7 @@ def test_fused_kernels_give_the_eager_bounds_for_subnormal_p(name):
             torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger"])
+@pytest.mark.parametrize("name", ["kl", "tv", "chi2", "hellinger", "reverse_kl"])
 def test_fused_kernels_compile_once_for_every_radius(name):
     """delta stays symbolic in the fused graph: a new radius runs the kernel already built (no
     Python-level use of delta that torch.compile would specialise on, such as math.log)."""
@@ -375,10 +374,14 @@ def test_auto_takes_the_cpu_kernels_for_float32_kl_tv_chi2(name, size):
         (torch.full((LARGE - 1,), -1.0, dtype=torch.float64), "kl", "eager"),
         (torch.full((LARGE,), -1.0), "hellinger", "fused"),
         (torch.full((LARGE - 1,), -1.0), "hellinger", "eager"),
-        (torch.full((LARGE,), -1.0), "reverse_kl", "eager"),  # the generic solver compiles for minutes
-        (torch.full((LARGE,), -1.0), JS, "eager"),
+        (torch.full((LARGE,), -1.0), "reverse_kl", "fused"),  # a dedicated (Halley) solver
+        (torch.full((LARGE - 1,), -1.0, dtype=torch.float64), "reverse_kl", "eager"),
+        (torch.full((LARGE,), -1.0), JS, "eager"),  # the generic solver compiles for minutes
     ],
-    ids=["f64-large", "f64-small", "hellinger-large", "hellinger-small", "reverse_kl-large", "user-large"],
+    ids=[
+        "f64-large", "f64-small", "hellinger-large", "hellinger-small", "reverse_kl-large", "reverse_kl-small",
+        "user-large",
+    ],
 )
 def test_auto_elsewhere_fuses_large_inputs_of_short_solvers(x, name, expected):
     assert band_module.choose_kernel("auto", x, DIVERGENCES.get(name, name)) == expected
@@ -411,12 +414,12 @@ def test_auto_fuses_large_inputs_when_the_cpu_kernels_are_unavailable(monkeypatc
 
 
 def test_generic_solver_divergences_stay_eager_by_default(monkeypatch):
-    """kernel="auto" never fuses the generic solver (reverse_kl, user divergences): its unrolled
-    graph takes minutes to compile."""
+    """kernel="auto" never fuses the generic solver (user divergences): its unrolled graph takes
+    minutes to compile."""
 
     def failing_fused_kernels():
         raise AssertionError("the fused kernels were requested")
 
     monkeypatch.setattr(band_module, "_fused_ratio_bounds", failing_fused_kernels)
-    lower, upper = band(torch.full((LARGE,), -1.0), 0.05, "reverse_kl")
+    lower, upper = band(torch.full((LARGE,), -1.0), 0.05, JS)
     assert lower.shape == upper.shape == (LARGE,)

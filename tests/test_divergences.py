@@ -20,6 +20,7 @@ import torch
 
 import bandpo
 from bandpo import DIVERGENCES, Divergence, band
+from bandpo.divergences import reverse_kl_shrink
 from mp_reference import reference_bounds, two_point_divergence
 
 NAMES = ("kl", "tv", "chi2", "reverse_kl", "hellinger")
@@ -63,7 +64,7 @@ def assert_close_to_reference(got, reference, rtol, atol, label):
 
 
 NATIVE = ("kl", "tv", "chi2")  # the divergences of bandpo.cpu_kernels (float32 on the CPU)
-FUSED = ("kl", "tv", "chi2")  # checked fused too (each dtype compiles once, for every delta)
+FUSED = ("kl", "tv", "chi2", "reverse_kl")  # checked fused too (each dtype compiles once, for every delta)
 TOLERANCES = {torch.float64: (1e-9, 1e-12), torch.float32: (2e-5, 1e-6)}  # (rtol, atol)
 
 
@@ -108,6 +109,98 @@ def test_kl_solver_is_exact_for_every_radius(dtype, kernel):
         references = [reference_bounds("kl", float(x), delta) for x in log_p.tolist()]
         assert_close_to_reference(lower.tolist(), [r[0] for r in references], rtol, atol, f"lower, delta={delta:g}")
         assert_close_to_reference(upper.tolist(), [r[1] for r in references], rtol, atol, f"upper, delta={delta:g}")
+
+
+def near_saturation(delta: float, dtype: torch.dtype) -> list[float]:
+    """log p within D / delta = 1e-1 ... 1e-8 of both saturation thresholds of reverse_kl, on both
+    sides (D = -log(1 - p) - delta for the lower bound, -log p - delta for the upper one), where
+    p and 1 - p are normal floats: there the root s of the shrink problem is tiny and must keep its
+    relative precision."""
+    points = []
+    for offset in (1e-1, 1e-2, 1e-4, 1e-6, 1e-8):
+        for factor in (1 - offset, 1 + offset):
+            if delta * factor < -math.log(torch.finfo(dtype).tiny):
+                points.append(-delta * factor)  # upper: p = exp(-delta factor)
+                points.append(math.log(-math.expm1(-delta * factor)))  # lower: 1 - p = exp(-delta factor)
+    return points
+
+
+@pytest.mark.parametrize(
+    "dtype, kernel",
+    [(torch.float64, "eager"), (torch.float32, "eager"), (torch.float64, "fused"), (torch.float32, "fused")],
+    ids=["f64-eager", "f32-eager", "f64-fused", "f32-fused"],
+)
+def test_reverse_kl_solver_is_exact_for_every_radius(dtype, kernel):
+    """reverse_kl's Halley iteration, of fixed length (divergences.reverse_kl_shrink), meets the
+    tolerance at four radii per decade over all of DELTA_RANGE, for p in [1e-12, 1 - 1e-10] and
+    right next to both saturation thresholds, where its root s is tiny."""
+    rtol, atol = TOLERANCES[dtype]
+    for delta in np.logspace(-6, 3, 37).tolist():
+        log_p = torch.tensor(np.concatenate([GRID, near_saturation(delta, dtype)]), dtype=dtype)
+        log_p = log_p[log_p < 0]  # float32 rounds log(1 - exp(-80)) to 0
+        lower, upper = band(log_p, delta, "reverse_kl", kernel=kernel)
+        references = [reference_bounds("reverse_kl", float(x), delta) for x in log_p.tolist()]
+        assert_close_to_reference(lower.tolist(), [r[0] for r in references], rtol, atol, f"lower, delta={delta:g}")
+        assert_close_to_reference(upper.tolist(), [r[1] for r in references], rtol, atol, f"upper, delta={delta:g}")
+
+
+# The generic bracketed-Newton solver of bandpo.shrink, which computed reverse_kl before its dedicated
+# solver: the same generator, derivative and perspective, without ``shrink``.
+GENERIC_REVERSE_KL = Divergence(
+    "generic_reverse_kl",
+    DIVERGENCES["reverse_kl"].generator,
+    derivative=DIVERGENCES["reverse_kl"].derivative,
+    perspective=DIVERGENCES["reverse_kl"].perspective,
+)
+# The same divergence as a user would write it: f alone (f' by autograd, the default perspective).
+USER_REVERSE_KL = Divergence("user_reverse_kl", lambda u: torch.xlogy(u, u) + (1 - u))
+
+
+@pytest.mark.parametrize(
+    "dtype, rtol, atol",
+    [(torch.float64, 1e-10, 1e-12), (torch.float32, 2e-5, 1e-6)],
+    ids=["f64", "f32"],
+)
+def test_reverse_kl_solver_agrees_with_the_generic_solver(dtype, rtol, atol):
+    """The dedicated solver (built in) gives the generic solver's bounds: to 1e-10 relative in float64
+    and to the float32 tolerance, for every radius of DELTAS, p in [1e-12, 1 - 1e-10], 0 and 1, and,
+    against the generic solver with reverse_kl's perspective, p and 1 - p down to the subnormal range
+    (where the default perspective of a generator-only Divergence is not accurate)."""
+    assert DIVERGENCES["reverse_kl"].shrink is reverse_kl_shrink
+    assert GENERIC_REVERSE_KL.shrink is None and USER_REVERSE_KL.shrink is None
+    grid = torch.cat([torch.tensor(GRID, dtype=dtype), torch.tensor([0.0, -math.inf], dtype=dtype)])
+    edges = torch.cat([grid, torch.tensor(EDGES[dtype], dtype=dtype)])
+    for delta in DELTAS:
+        for generic, log_p in ((GENERIC_REVERSE_KL, edges), (USER_REVERSE_KL, grid)):
+            expected = band(log_p, delta, generic)
+            for got, want, side in zip(band(log_p, delta, "reverse_kl"), expected, ("lower", "upper")):
+                torch.testing.assert_close(
+                    got, want, rtol=rtol, atol=atol, msg=lambda m: f"{generic.name}, delta={delta}, {side}: {m}"
+                )
+
+
+@pytest.mark.parametrize(
+    "dtype, vanishing_log_ps",
+    [
+        (torch.float64, [-800.0, -1500.0, -2000.0, -1e5, -math.inf]),
+        (torch.float32, [-110.0, -180.0, -250.0, -1e4, -math.inf]),
+    ],
+    ids=["f64", "f32"],
+)
+@pytest.mark.parametrize("delta", [1e-6, 0.05, 10.0, 1e3])
+def test_reverse_kl_past_the_float_range(dtype, vanishing_log_ps, delta):
+    """p below the float range (p = 0 in the float type, log p finite or -inf): lower = 0 and
+    upper = +inf, the exact upper bound exceeding the largest float; 1 - p down to the smallest
+    subnormal, and 1 - p = 0 (p = 1): the lower bound of the reference, and exactly 1 at p = 1."""
+    lower, upper = band(torch.tensor(vanishing_log_ps, dtype=dtype), delta, "reverse_kl")
+    assert torch.all(lower == 0) and torch.all(upper == math.inf), (lower, upper)
+    tiny_complement = {torch.float64: [-1e-300, -1e-310, -5e-324], torch.float32: [-1e-38, -1e-42, -1e-45]}[dtype]
+    log_p = torch.tensor(tiny_complement + [0.0], dtype=dtype)
+    lower, upper = band(log_p, delta, "reverse_kl")
+    rtol, atol = TOLERANCES[dtype]
+    references = [reference_bounds("reverse_kl", x, delta)[0] for x in log_p.tolist()[:-1]]
+    assert_close_to_reference(lower.tolist()[:-1], references, rtol, atol, f"lower, delta={delta}")
+    assert lower[-1].item() == 1.0 and torch.all(upper == 1), (lower, upper)
 
 
 @pytest.mark.parametrize(
