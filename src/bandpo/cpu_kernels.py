@@ -4,8 +4,8 @@ On a CPU the Band operator is compute-bound: the kl solver evaluates exp and log
 per token. The kernels built by ``torch.compile`` call SLEEF's exp and log (two to three times
 the cost of the MKL ones eager PyTorch uses, measured) and run one dependency chain per vector
 at a time. ``cpu_kernels.c`` evaluates exp and log with short polynomials and interleaves
-independent chains; on the 2-core AVX-512 machine of ``benchmarks/band_speed.py`` that makes kl
-about 5x faster than the fused kernel (6.2 ms vs 30.1 ms per 1M tokens).
+independent chains, which makes kl several times faster than the fused kernel on a CPU
+(``benchmarks/band_speed.py`` measures it; ``benchmarks/results/cpu/band_speed.txt``).
 
 The library is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) for the machine at hand (``-march=native`` where the compiler accepts it) and kept

@@ -163,8 +163,8 @@ KL_ITERATIONS = {torch.float64: 3, torch.float32: 2}
 and every delta in [1e-6, 1e3] (bandpo.band.DELTA_RANGE): relative error below 2e-15 (float64) and
 5e-7 (float32); two float64 steps would leave 3e-12."""
 KL_FUSED_FLOAT32_ITERATIONS = 3
-"""The fused (torch.compile) kernel takes a third float32 step: with the previous starting point it
-measured faster that way on CPU (30 ms vs 44 ms per 1M tokens; not re-measured since)."""
+"""The fused (torch.compile) kernel takes a third float32 step: with an earlier starting point that
+measured faster on CPU than two steps (``benchmarks/band_speed.py``)."""
 EXP_FLOOR = 40.0
 
 
