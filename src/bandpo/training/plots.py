@@ -10,12 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-PANELS = (
-    ("clip_ratio/region_mean", "(a) clip rate"),
-    ("clip_ratio/low_p_high_share", "(b) low-p (p<0.2) clip-high share"),
-    ("entropy", "(c) policy entropy"),
-    ("reward", "reward"),
-)
+from bandpo.training.statistics import STEP_METRICS  # noqa: E402
+
+PANEL_TITLES = ("(a) clip rate", "(b) low-p (p<0.2) clip-high share", "(c) policy entropy", "reward")
+PANELS = tuple(zip(STEP_METRICS, PANEL_TITLES))
 """Metric and title of each panel: the paper's Figure 3 (a)-(c), plus the reward."""
 
 
