@@ -92,7 +92,7 @@ def plan_comparison(
 def base_evaluation(output_dir: Path, prepared: PreparedRun) -> EvalResult:
     """The base model's held-out evaluation, from ``baseline.json`` when it was made for these settings."""
     path = output_dir / "baseline.json"
-    key = json.loads(json.dumps(prepared.settings.evaluation_key(), default=str))
+    key = prepared.settings.evaluation_key()  # plain str / int / None values: compares equal after JSON
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored["key"] == key:
