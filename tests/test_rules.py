@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from bandpo import DCPO, METHODS, Band, BoundRule, FixedClip, band, make_rule
+from bandpo import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, band, make_rule
 
 
 def log_p(*probabilities: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -33,6 +33,7 @@ def dcpo_upper(p: float, eps_high: float, upper_max: float | None) -> float:
 ALL_RULES = [
     pytest.param(Band(), id="band-kl"),
     pytest.param(Band("tv", 0.1), id="band-tv"),
+    pytest.param(Band(relax=(0.2, 0.28)), id="band-relax"),
     pytest.param(FixedClip(), id="clip"),
     pytest.param(DCPO(), id="dcpo"),
 ]
@@ -208,8 +209,13 @@ def test_bounds_do_not_modify_the_input():
 # --- make_rule -------------------------------------------------------------------------------
 
 
-def test_methods_lists_the_four_rules():
-    assert set(METHODS) == {"band", "clip", "clip-higher", "dcpo"}
+def test_clip_methods_lists_the_five_rules():
+    assert set(CLIP_METHODS) == {"band", "band-relax", "clip", "clip-higher", "dcpo"}
+
+
+def test_make_rule_builds_every_listed_clip_method():
+    for clip_method in CLIP_METHODS:
+        assert isinstance(make_rule(clip_method), BoundRule)
 
 
 def test_make_rule_band_defaults_to_published_kl_0_05_cap_10():
@@ -218,6 +224,11 @@ def test_make_rule_band_defaults_to_published_kl_0_05_cap_10():
 
 def test_make_rule_band_passes_divergence_delta_and_upper_max():
     assert make_rule("band", divergence="tv", delta=0.1, upper_max=None) == Band("tv", 0.1, None)
+
+
+def test_make_rule_band_relax_defaults_to_the_published_0_2_0_28():
+    assert make_rule("band-relax") == Band("kl", 0.05, 10.0, relax=(0.2, 0.28))
+    assert make_rule("band-relax", eps_low=0.1, eps_high=0.3, delta=0.1) == Band("kl", 0.1, 10.0, relax=(0.1, 0.3))
 
 
 def test_make_rule_clip_is_fixed_0_2_0_2():
@@ -238,10 +249,55 @@ def test_make_rule_eps_overrides_the_baseline_margins():
     assert make_rule("dcpo", eps_low=0.1, upper_max=None) == DCPO(0.1, 0.20, None)
 
 
-@pytest.mark.parametrize("method", ["ppo", "Band", "clip_higher", "", "dapo"])
-def test_make_rule_rejects_unknown_method(method):
-    with pytest.raises(ValueError, match="method"):
-        make_rule(method)
+@pytest.mark.parametrize("clip_method", ["ppo", "Band", "clip_higher", "", "dapo", "relax"])
+def test_make_rule_rejects_unknown_clip_method(clip_method):
+    with pytest.raises(ValueError, match="clip_method must be one of band, band-relax, clip, clip-higher, dcpo"):
+        make_rule(clip_method)
+
+
+# --- Band(relax=...) ------------------------------------------------------------------------
+
+
+def test_relaxed_band_contains_both_the_band_and_the_fixed_interval():
+    """relax=(eps_low, eps_high): lower = min(band_lower, 1 - eps_low), upper = max(band_upper, 1 + eps_high)."""
+    x = log_p(1e-6, 0.01, 0.2, 0.5, 0.9, 0.999, 1.0)
+    band_lower, band_upper = Band("kl", 0.05, None).bounds(x)
+    lower, upper = Band("kl", 0.05, None, relax=(0.2, 0.28)).bounds(x)
+    assert torch.equal(lower, torch.minimum(band_lower, torch.full_like(x, 0.8)))
+    assert torch.equal(upper, torch.maximum(band_upper, torch.full_like(x, 1.28)))
+    # the band binds below the fixed interval only for high-probability tokens: there relax widens it
+    assert lower[-2].item() == pytest.approx(0.8) and upper[-2].item() == pytest.approx(1.28)
+    assert lower[1].item() == band_lower[1].item() and upper[1].item() == band_upper[1].item()
+
+
+def test_relaxed_band_is_capped_at_upper_max_last():
+    """upper_max caps the relaxed bound too: the cap is the final clamp of SPEC §2."""
+    _, upper = Band("kl", 0.05, 1.1, relax=(0.2, 0.28)).bounds(log_p(0.5, 0.999))
+    assert upper.tolist() == pytest.approx([1.1, 1.1])
+
+
+def test_relax_none_is_the_band():
+    x = log_p(0.01, 0.5, 0.99)
+    for got, expected in zip(Band(relax=None).bounds(x), band(x, 0.05, "kl", upper_max=10.0)):
+        assert torch.equal(got, expected)
+
+
+def test_relax_given_as_a_list_is_stored_as_a_tuple():
+    rule = Band(relax=[0.2, 0.28])
+    assert rule.relax == (0.2, 0.28) and hash(rule) == hash(Band(relax=(0.2, 0.28)))
+
+
+@pytest.mark.parametrize("relax", [0.2, (0.2,), (0.2, 0.28, 0.3), "0.2,0.28"])
+def test_relax_must_be_a_pair(relax):
+    with pytest.raises(ValueError, match="relax must be None or a pair"):
+        Band(relax=relax)
+
+
+@pytest.mark.parametrize("relax, name", [((1.0, 0.28), "relax eps_low"), ((-0.1, 0.28), "relax eps_low"),
+                                          ((0.2, -0.1), "relax eps_high"), ((0.2, float("nan")), "relax eps_high")])
+def test_relax_margins_are_validated(relax, name):
+    with pytest.raises(ValueError, match=name):
+        Band(relax=relax)
 
 
 # --- validation ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ A rule is any object with ``bounds(old_log_probs) -> (lower, upper)`` (tensors s
 input, no autograd history). Built in:
 
     Band       lower, upper = Band_{f, delta}(p)                       (BandPO)
+               relaxed:  min(lower, 1 - eps_low), max(upper, 1 + eps_high)   (the published ablation)
     FixedClip  lower, upper = 1 - eps_low, 1 + eps_high                (PPO/GRPO; DAPO's clip-higher)
     DCPO       lower = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)),
                upper = min(1/2 + 1/2 sqrt(1 + 4 eps_high / p), upper_max)
@@ -21,7 +22,8 @@ from bandpo.band import band, check_delta, check_kernel, check_upper_max
 from bandpo.checks import check_number
 from bandpo.divergences import Divergence, get_divergence
 
-METHODS = ("band", "clip", "clip-higher", "dcpo")
+CLIP_METHODS = ("band", "band-relax", "clip", "clip-higher", "dcpo")
+"""Names of the built-in rules, for :func:`make_rule` and every integration's ``clip_method``."""
 
 
 @runtime_checkable
@@ -34,22 +36,38 @@ class BoundRule(Protocol):
 @dataclass(frozen=True)
 class Band:
     """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see :func:`bandpo.band`,
-    which also documents ``validate`` and ``kernel``)."""
+    which also documents ``validate`` and ``kernel``).
+
+    ``relax=(eps_low, eps_high)`` is the relax variant of the published code (SPEC §9): the band
+    widened to contain the fixed interval,
+
+        lower = min(band_lower, 1 - eps_low),   upper = min(max(band_upper, 1 + eps_high), upper_max)
+
+    so no token is clipped tighter than PPO would clip it. The paper reports that it hurts.
+    """
 
     divergence: str | Divergence = "kl"
     delta: float = 0.05
     upper_max: float | None = 10.0
     validate: bool = True
     kernel: str = "auto"
+    relax: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         get_divergence(self.divergence)
         check_delta(self.delta)
         check_upper_max(self.upper_max)
         check_kernel(self.kernel)
+        if self.relax is not None:
+            if not isinstance(self.relax, (tuple, list)) or len(self.relax) != 2:
+                raise ValueError(f"relax must be None or a pair (eps_low, eps_high), got {self.relax!r}")
+            eps_low, eps_high = self.relax
+            check_eps_low("relax eps_low", eps_low)
+            check_number("relax eps_high", eps_high, low=0.0)
+            object.__setattr__(self, "relax", (eps_low, eps_high))  # a list would make the rule unhashable
 
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
-        return band(
+        lower, upper = band(
             old_log_probs,
             self.delta,
             self.divergence,
@@ -57,6 +75,19 @@ class Band:
             validate=self.validate,
             kernel=self.kernel,
         )
+        if self.relax is None:
+            return lower, upper
+        eps_low, eps_high = self.relax
+        lower = lower.clamp(max=1.0 - eps_low)
+        upper = upper.clamp(min=1.0 + eps_high)
+        if self.upper_max is not None:
+            upper = upper.clamp_(max=self.upper_max)
+        return lower, upper
+
+
+def check_eps_low(name: str, eps_low: float) -> None:
+    """A lower margin in [0, 1): the bound 1 - eps_low must stay a positive ratio."""
+    check_number(name, eps_low, low=0.0, high=1.0, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -67,7 +98,7 @@ class FixedClip:
     eps_high: float = 0.2
 
     def __post_init__(self) -> None:
-        check_number("eps_low", self.eps_low, low=0.0, high=1.0, high_open=True)  # lower = 1 - eps_low > 0
+        check_eps_low("eps_low", self.eps_low)
         check_number("eps_high", self.eps_high, low=0.0)
 
     def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,7 +135,7 @@ class DCPO:
 
 
 def make_rule(
-    method: str,
+    clip_method: str,
     *,
     divergence: str | Divergence = "kl",
     delta: float = 0.05,
@@ -112,19 +143,23 @@ def make_rule(
     eps_low: float | None = None,
     eps_high: float | None = None,
 ) -> BoundRule:
-    """The rule named ``method`` (band | clip | clip-higher | dcpo) with the published defaults.
+    """The rule named ``clip_method`` (one of :data:`CLIP_METHODS`) with the published defaults.
 
-    Defaults: band kl / 0.05 / upper_max 10; clip 0.2 / 0.2; clip-higher 0.2 / 0.28;
-    dcpo 0.16 / 0.20 / upper_max 10. ``eps_*`` override the baselines' margins.
+    Defaults: band kl / 0.05 / upper_max 10; band-relax the same, relaxed to 0.2 / 0.28;
+    clip 0.2 / 0.2; clip-higher 0.2 / 0.28; dcpo 0.16 / 0.20 / upper_max 10. ``eps_*`` override
+    the margins of every rule but band.
     """
-    if method == "band":
+    if clip_method == "band":
         return Band(divergence=divergence, delta=delta, upper_max=upper_max)
-    if method == "clip":
+    if clip_method == "band-relax":
+        relax = (0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
+        return Band(divergence=divergence, delta=delta, upper_max=upper_max, relax=relax)
+    if clip_method == "clip":
         return FixedClip(0.2 if eps_low is None else eps_low, 0.2 if eps_high is None else eps_high)
-    if method == "clip-higher":
+    if clip_method == "clip-higher":
         return FixedClip(0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
-    if method == "dcpo":
+    if clip_method == "dcpo":
         return DCPO(
             0.16 if eps_low is None else eps_low, 0.20 if eps_high is None else eps_high, upper_max
         )
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    raise ValueError(f"clip_method must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
