@@ -453,6 +453,46 @@ def test_generator_with_f_of_one_not_zero_is_rejected():
         Divergence("shifted", lambda u: (u - 1) ** 2 + 0.1)
 
 
+def square(u: torch.Tensor) -> torch.Tensor:
+    return torch.square(u - 1)
+
+
+def test_bounds_and_shrink_together_are_refused():
+    """Each is a whole solver: a Divergence names at most one of them."""
+    with pytest.raises(ValueError, match="give bounds or shrink, not both"):
+        Divergence("both", square, bounds=DIVERGENCES["chi2"].bounds, shrink=DIVERGENCES["kl"].shrink)
+
+
+@pytest.mark.parametrize("solver", ["bounds", "shrink"])
+def test_iterations_without_the_generic_solver_are_refused(solver):
+    """iterations only steers the generic solver, which a divergence with bounds or shrink never runs."""
+    given = {"bounds": DIVERGENCES["chi2"].bounds, "shrink": DIVERGENCES["kl"].shrink}
+    with pytest.raises(ValueError, match="iterations sets the generic solver's steps"):
+        Divergence("steps", square, iterations=10, **{solver: given[solver]})
+
+
+@pytest.mark.parametrize("iterations", [0, -3, 2.5, True, "80"])
+def test_iterations_must_be_a_positive_int(iterations):
+    with pytest.raises(ValueError, match="iterations must be a positive int"):
+        Divergence("steps", square, iterations=iterations)
+
+
+@pytest.mark.parametrize("name", ["", None, 3])
+def test_name_must_be_a_non_empty_string(name):
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        Divergence(name, square)
+
+
+def test_iterations_steer_the_generic_solver():
+    """Fewer generic steps leave a visible error; the default (80) reaches chi2's closed form."""
+    x = torch.log(torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64))
+    exact = bandpo.band(x, 0.05, "chi2", upper_max=None)
+    default = bandpo.band(x, 0.05, Divergence("chi2_generic", square), upper_max=None)
+    few = bandpo.band(x, 0.05, Divergence("chi2_few", square, iterations=2), upper_max=None)
+    torch.testing.assert_close(default, exact, rtol=1e-12, atol=1e-14)
+    assert (few[0] - exact[0]).abs().max() > 1e-6
+
+
 def test_builtin_registry_lists_the_five_divergences():
     """bandpo.DIVERGENCES holds kl, tv, chi2, reverse_kl and hellinger under their names."""
     assert set(DIVERGENCES) == set(NAMES)

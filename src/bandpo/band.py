@@ -75,9 +75,9 @@ def check_log_probs(old_log_probs: Tensor) -> None:
 
 
 def _ratio_bounds(
-    log_p: Tensor, delta: float, rule: Divergence, upper_max: float | None
+    log_p: Tensor, delta: float, divergence: Divergence, upper_max: float | None
 ) -> tuple[Tensor, Tensor]:
-    lower, upper = rule.ratio_bounds(log_p.clamp(max=0.0), delta)
+    lower, upper = divergence.ratio_bounds(log_p.clamp(max=0.0), delta)
     return lower, upper if upper_max is None else upper.clamp(max=upper_max)
 
 
@@ -90,7 +90,7 @@ def _fused_ratio_bounds():
 _FUSED_FAILED: list[str] = []
 
 
-def choose_kernel(kernel: str, log_p: Tensor, rule: Divergence) -> str:
+def choose_kernel(kernel: str, log_p: Tensor, divergence: Divergence) -> str:
     """The kernel that computes the bounds of ``log_p`` (already in the compute dtype).
 
     ``"auto"``: inside an enclosing torch.compile, eager (traced into its graph); else the CPU
@@ -102,24 +102,24 @@ def choose_kernel(kernel: str, log_p: Tensor, rule: Divergence) -> str:
         return kernel
     if torch.compiler.is_compiling():
         return "eager"
-    if cpu_kernels.supports(log_p, rule) and cpu_kernels.available():
+    if cpu_kernels.supports(log_p, divergence) and cpu_kernels.available():
         return "native"
-    solver_is_short = rule.bounds is not None or rule.shrink is not None
+    solver_is_short = divergence.bounds is not None or divergence.shrink is not None
     return "fused" if solver_is_short and log_p.numel() >= COMPILE_MIN_TOKENS else "eager"
 
 
 def _bounds(
-    log_p: Tensor, delta: float, rule: Divergence, upper_max: float | None, kernel: str
+    log_p: Tensor, delta: float, divergence: Divergence, upper_max: float | None, kernel: str
 ) -> tuple[Tensor, Tensor]:
     if kernel == "native":
-        return cpu_kernels.ratio_bounds(log_p, delta, rule, upper_max)
+        return cpu_kernels.ratio_bounds(log_p, delta, divergence, upper_max)
     if kernel == "fused" and not _FUSED_FAILED:
         try:
-            return _fused_ratio_bounds()(log_p, delta, rule, upper_max)
+            return _fused_ratio_bounds()(log_p, delta, divergence, upper_max)
         except Exception as error:  # no C++ compiler / Triton, an unsupported platform, ...
             _FUSED_FAILED.append(f"{type(error).__name__}: {error}")
             logger.warning("bandpo.band: torch.compile failed, using eager kernels from now on (%s)", _FUSED_FAILED[0])
-    return _ratio_bounds(log_p, delta, rule, upper_max)
+    return _ratio_bounds(log_p, delta, divergence, upper_max)
 
 
 def band(
@@ -177,7 +177,7 @@ def band(
     delta = check_delta(delta)
     upper_max = check_upper_max(upper_max)
     kernel = check_kernel(kernel)
-    rule = get_divergence(divergence)
+    divergence = get_divergence(divergence)
     if old_log_probs.numel() == 0:
         return torch.empty_like(old_log_probs), torch.empty_like(old_log_probs)
     if validate and _must_validate(old_log_probs):
@@ -185,5 +185,5 @@ def band(
     compute_dtype = torch.float64 if old_log_probs.dtype == torch.float64 else torch.float32
     with torch.no_grad():
         log_p = old_log_probs.detach().to(compute_dtype)
-        lower, upper = _bounds(log_p, delta, rule, upper_max, choose_kernel(kernel, log_p, rule))
+        lower, upper = _bounds(log_p, delta, divergence, upper_max, choose_kernel(kernel, log_p, divergence))
     return lower.to(old_log_probs.dtype), upper.to(old_log_probs.dtype)

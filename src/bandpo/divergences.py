@@ -43,6 +43,8 @@ from bandpo.shrink import (
 )
 
 BoundsFunction = Callable[[Tensor, float], "tuple[Tensor, Tensor]"]
+GENERIC_ITERATIONS = 80
+"""Steps of the generic solver unless a Divergence sets ``iterations``."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,16 @@ class Divergence:
         derivative: f'; obtained by autograd from ``generator`` when omitted.
         slope_at_infinity: lim_{x -> inf} f(x) / x, the cost of moving mass onto an outcome of
             probability 0 (decides the bound at p = 1 exactly; +inf for chi2-like generators).
-        shrink: a solver of the one-sided problem (see :mod:`bandpo.shrink`); the generic
-            bracketed-Newton solver when omitted.
+        shrink: a solver of the one-sided problem (see :mod:`bandpo.shrink`).
         perspective: (b, y, log b) -> (b f(y / b), f'(y / b)) for the generic solver, written to
             stay finite when y / b overflows; formed from f and f' when omitted.
-        bounds: a direct (lower, upper) formula from old log-probabilities; bypasses ``shrink``.
-        iterations: steps of the generic solver (each halves the bracket at worst).
+        bounds: a direct (lower, upper) formula from old log-probabilities.
+        iterations: steps of the generic solver (each halves the bracket at worst); 80 when omitted.
+
+    ``generator``, ``derivative``, ``slope_at_infinity`` and ``perspective`` describe f. The bounds
+    come from exactly one solver: ``bounds`` if given, else ``shrink``, else the generic solver
+    (which alone reads ``iterations``). Giving ``bounds`` and ``shrink`` together, or
+    ``iterations`` with either, is refused rather than silently ignored.
     """
 
     name: str
@@ -72,11 +78,21 @@ class Divergence:
     shrink: ShrinkSolver | None = None
     perspective: Perspective | None = None
     bounds: BoundsFunction | None = None
-    iterations: int = 80
+    iterations: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("Divergence name must be a non-empty string")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Divergence name must be a non-empty string, got {self.name!r}")
+        if self.bounds is not None and self.shrink is not None:
+            raise ValueError(f"Divergence {self.name!r}: give bounds or shrink, not both (each is a whole solver)")
+        if self.iterations is not None:
+            if self.bounds is not None or self.shrink is not None:
+                raise ValueError(
+                    f"Divergence {self.name!r}: iterations sets the generic solver's steps, "
+                    "which a divergence with bounds or shrink never runs"
+                )
+            if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+                raise ValueError(f"Divergence {self.name!r}: iterations must be a positive int, got {self.iterations!r}")
         at_one = float(self.generator(torch.ones((), dtype=torch.float64)))
         if not abs(at_one) <= 1e-12:
             raise ValueError(f"Divergence {self.name!r}: generator must satisfy f(1) = 0, got {at_one}")
@@ -98,9 +114,8 @@ class Divergence:
         perspective = self.perspective or perspective_from_generator(
             self.generator, derivative, self.slope_at_infinity
         )
-        return solve_shrink_generic(
-            self.generator, derivative, perspective, a, b, log_b, delta, self.iterations
-        )
+        iterations = GENERIC_ITERATIONS if self.iterations is None else self.iterations
+        return solve_shrink_generic(self.generator, derivative, perspective, a, b, log_b, delta, iterations)
 
 
 # --- closed forms -------------------------------------------------------------------------
@@ -199,23 +214,25 @@ def kl_shrink(a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float) 
     # the arithmetic. a >= sqrt(tiny) keeps delta / a finite and changes no result: below it s = 0
     # (lower side) or (1 - p) w / p = 0 (upper side). b >= tiny in 1 / b keeps a w / b finite;
     # where b < tiny, b log(1 + a w / b) is below 1e3 tiny either way.
+    # Each buffer below holds one quantity; the chained in-place calls build it from its terms.
     tiny = torch.finfo(a.dtype).tiny
     a = a.clamp_min(math.sqrt(tiny))
     inverse_b = b.clamp_min(tiny).reciprocal_()
     inverse_a = torch.reciprocal(a)
     u = torch.add(inverse_a, 1.0).mul_(delta / 3.0).add_(torch.mul(b, 2.0 * delta).mul_(inverse_a).sqrt_())
-    torch.maximum(u, inverse_a.mul_(delta), out=u)
-    e, m, w, work = (torch.empty_like(u) for _ in range(4))
+    torch.maximum(u, torch.mul(inverse_a, delta), out=u)
+    w, m, newton, halley = (torch.empty_like(u) for _ in range(4))
     for _ in range(kl_halley_steps(a.dtype, fused=torch.compiler.is_compiling())):
         # F needs w to full relative precision; e^-u = 1 - w only shapes Halley's correction.
         # Past u = 40, 1 - e^-u is 1 in float64 too, and exp stays off its slow underflow path.
         w = expm1(torch.clamp(u, max=EXP_FLOOR, out=w).neg_(), out=w).neg_()
-        torch.neg(w, out=e).add_(1.0)
         torch.addcmul(b, a, w, out=m)
-        value = torch.mul(w, inverse_b, out=work).mul_(a).log1p_().mul_(b).neg_().addcmul_(a, u).sub_(delta)
-        step = value.mul_(m).div_(a).div_(w)  # F / F'
-        halley = e.mul_(b).div_(m).div_(w).mul_(step).mul_(-0.5).add_(1.0)  # 1 - F F'' / (2 F'^2)
-        u.sub_(step.div_(halley))
+        # F / F' = (a u - b log1p(a w / b) - delta) m / (a w)
+        torch.mul(w, inverse_b, out=newton).mul_(a).log1p_().mul_(b).neg_().addcmul_(a, u).sub_(delta)
+        newton.mul_(m).div_(a).div_(w)
+        # 1 - F F'' / (2 F'^2) = 1 - (F / F') (1 - w) b / (2 m w)
+        torch.neg(w, out=halley).add_(1.0).mul_(b).div_(m).div_(w).mul_(newton).mul_(-0.5).add_(1.0)
+        u.addcdiv_(newton, halley, value=-1.0)
     return exp_neg_and_complement(u)
 
 

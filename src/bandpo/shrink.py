@@ -38,7 +38,12 @@ class ShrinkSolver(Protocol):
     def __call__(
         self, a: Tensor, b: Tensor, log_a: Tensor, log_b: Tensor, delta: float
     ) -> tuple[Tensor, Tensor]:
-        """Return (s, w = 1 - s) for outcome probabilities a, complements b = 1 - a, and logs."""
+        """Return (s, w = 1 - s) for outcome probabilities a, complements b = 1 - a, and their logs.
+
+        The logs are passed because the caller has them to full precision where a or b underflow
+        (from log p and log1p(-p)); a solver reads what it needs: reverse_kl both, the generic
+        solver log b, kl and hellinger neither.
+        """
         ...
 
 
