@@ -7,4 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 bash scripts/setup.sh test
 .venv/bin/python -m pytest --ignore=tests/integrations "$@"
+bash scripts/docs.sh  # the documentation site, built strictly (a broken link or docstring fails)
 INTEGRATIONS_VENV="$PWD/.venv-integrations" bash scripts/test-integrations.sh -q
