@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # BandPO on OpenRLHF 0.11 (SPEC §6): Qwen2.5-3B-Instruct, DAPO-Math-17k, one 8-GPU node, Ray job.
 #
-#   examples/openrlhf/run_qwen2.5-3b_bandpo.sh [band|clip|clip-higher|dcpo] [extra OpenRLHF args...]
+#   examples/openrlhf/run_qwen2.5-3b_bandpo.sh [band|band-relax|clip|clip-higher|dcpo] [extra OpenRLHF args...]
 #
 # OpenRLHF builds its PolicyLoss inside Ray workers; Ray's worker_process_setup_hook swaps in
-# bandpo.integrations.openrlhf.BandPOPolicyLoss there, configured by the BANDPO_* env vars.
+# bandpo.integrations.openrlhf.BandPOPolicyLoss there, configured by the BANDPO_* env vars
+# (BANDPO_X sets BandPOPolicyLoss's keyword bandpo_x). The fixed margins (clip, clip-higher, band-relax,
+# dcpo) are OpenRLHF's --actor.eps_clip_low_high.
+# OpenRLHF's vLLM/train mismatch correction composes with every rule, e.g. append
+#   --algo.advantage.is_correction_level token --algo.advantage.is_correction_mode mask   (ICEPOP)
+#   --algo.advantage.is_correction_level token --algo.advantage.is_correction_mode clip   (TIS)
 # REWARD_FUNC: a Python file with OpenRLHF's reward_func(queries, prompts, labels) (math answer check).
 # Expected (the paper, SPEC §5; not measured here): >= +2.0 mean@32 over GRPO, about +10 points on AMC 2023.
 set -euo pipefail
@@ -12,9 +17,10 @@ set -euo pipefail
 method="${1:-band}"
 shift || true
 case "$method" in
-    band|clip|dcpo) eps=(0.2 0.2) ;;
-    clip-higher) eps=(0.2 0.28) ;;
-    *) echo "method must be one of band, clip, clip-higher, dcpo; got '$method'" >&2; exit 2 ;;
+    band|clip) eps=(0.2 0.2) ;;          # unused by band
+    band-relax|clip-higher) eps=(0.2 0.28) ;;
+    dcpo) eps=(0.16 0.20) ;;             # SPEC §4
+    *) echo "method must be one of band, band-relax, clip, clip-higher, dcpo; got '$method'" >&2; exit 2 ;;
 esac
 DATA_DIR="${DATA_DIR:-$HOME/data}"
 : "${REWARD_FUNC:?set REWARD_FUNC to a reward_func python file}"

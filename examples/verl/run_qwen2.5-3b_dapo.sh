@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BandPO and its baselines on verl 0.9 (SPEC §6): Qwen2.5-3B-Instruct, DAPO-Math-17k, one 8-GPU node.
 #
-#   examples/verl/run_qwen2.5-3b_dapo.sh bandpo|grpo|clip-higher [extra hydra overrides...]
+#   examples/verl/run_qwen2.5-3b_dapo.sh bandpo|band-relax|grpo|clip-higher|dcpo [extra hydra overrides...]
 #
 # Data: parquet files in verl's RL format (prompt, data_source, reward_model.ground_truth) — DAPO-Math-17k
 # (+ MATH levels 3-5) for training, AIME 2024 / AIME 2025 / AMC 2023 for validation — at
@@ -13,38 +13,35 @@
 # stays near 0.2 with BandPO and collapses to about 0.02 with GRPO (actor/entropy).
 set -euo pipefail
 
-method="${1:?usage: $0 bandpo|grpo|clip-higher [overrides...]}"
+method="${1:?usage: $0 bandpo|band-relax|grpo|clip-higher|dcpo [overrides...]}"
 shift
 DATA_DIR="${DATA_DIR:-$HOME/data}"
 MODEL="${MODEL:-Qwen/Qwen2.5-3B-Instruct}"
 
+# Every method is verl's loss_mode=bandpo; bandpo_clip_method picks the bound rule, and the fixed margins
+# (clip, clip-higher, band-relax, dcpo) are verl's clip_ratio_low / clip_ratio_high. The baselines are
+# verl's own PPO loss, number for number, plus BandPO's clip diagnostics
+# (actor/bandpo/clip_ratio/low_p_high_share is the paper's Figure 3b).
 case "$method" in
-    # BandPO: the two overrides that select it (kl, delta 0.05, upper bound cap 10 are the defaults;
-    # the _target_ line and the + fields only restate them, to show where they are changed).
-    bandpo) loss=(
-        actor_rollout_ref.model.external_lib=bandpo.integrations.verl
-        actor_rollout_ref.actor.policy_loss.loss_mode=bandpo
-        actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig
-        +actor_rollout_ref.actor.policy_loss.bandpo_divergence=kl
-        +actor_rollout_ref.actor.policy_loss.bandpo_delta=0.05
-        +actor_rollout_ref.actor.policy_loss.bandpo_upper_max=10.0
-    ) ;;
-    # Baselines through bandpo_clip: verl's own PPO loss, plus BandPO's clip diagnostics
-    # (actor/bandpo/clip_ratio/low_p_high_share is the paper's Figure 3b).
-    grpo) loss=(
-        actor_rollout_ref.model.external_lib=bandpo.integrations.verl
-        actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_clip
-        actor_rollout_ref.actor.clip_ratio_low=0.2
-        actor_rollout_ref.actor.clip_ratio_high=0.2
-    ) ;;
-    clip-higher) loss=(
-        actor_rollout_ref.model.external_lib=bandpo.integrations.verl
-        actor_rollout_ref.actor.policy_loss.loss_mode=bandpo_clip
-        actor_rollout_ref.actor.clip_ratio_low=0.2
-        actor_rollout_ref.actor.clip_ratio_high=0.28
-    ) ;;
-    *) echo "method must be one of bandpo, grpo, clip-higher; got '$method'" >&2; exit 2 ;;
+    bandpo)      clip_method=band;        margins=(0.2 0.2) ;;   # margins unused by band
+    band-relax)  clip_method=band-relax;  margins=(0.2 0.28) ;;  # the published relax ablation (SPEC §9)
+    grpo)        clip_method=clip;        margins=(0.2 0.2) ;;
+    clip-higher) clip_method=clip-higher; margins=(0.2 0.28) ;;
+    dcpo)        clip_method=dcpo;        margins=(0.16 0.20) ;; # SPEC §4
+    *) echo "method must be one of bandpo, band-relax, grpo, clip-higher, dcpo; got '$method'" >&2; exit 2 ;;
 esac
+# kl, delta 0.05 and upper bound cap 10 are the defaults; the + lines restate them to show where they change.
+loss=(
+    actor_rollout_ref.model.external_lib=bandpo.integrations.verl
+    actor_rollout_ref.actor.policy_loss.loss_mode=bandpo
+    actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig
+    +actor_rollout_ref.actor.policy_loss.bandpo_clip_method="$clip_method"
+    +actor_rollout_ref.actor.policy_loss.bandpo_divergence=kl
+    +actor_rollout_ref.actor.policy_loss.bandpo_delta=0.05
+    +actor_rollout_ref.actor.policy_loss.bandpo_upper_max=10.0
+    actor_rollout_ref.actor.clip_ratio_low="${margins[0]}"
+    actor_rollout_ref.actor.clip_ratio_high="${margins[1]}"
+)
 
 python3 -m verl.trainer.main_ppo \
     algorithm.adv_estimator=grpo \

@@ -1,4 +1,5 @@
-"""The OpenRLHF integration: PolicyLoss's signature, and PolicyLoss's numbers for the fixed interval.
+"""The OpenRLHF integration: PolicyLoss's signature, and PolicyLoss's numbers for the fixed interval,
+with and without OpenRLHF's train/rollout importance-sampling correction.
 
 The comparisons need OpenRLHF; they run in the integrations venv (scripts/test-integrations.sh).
 """
@@ -10,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import subprocess
 import sys
 import types
 
@@ -18,12 +20,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bandpo.integrations.openrlhf import (  # noqa: E402
+    ENVIRONMENT_PARAMETERS,
     BandPOPolicyLoss,
     bandpo_parameters_from_environment,
+    rollout_correction,
     use_bandpo_policy_loss,
 )
 from bandpo.loss import policy_loss  # noqa: E402
-from bandpo.rules import Band, FixedClip  # noqa: E402
+from bandpo.rules import DCPO, Band, FixedClip  # noqa: E402
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,12 +67,13 @@ def make_batch(seed: int, batch: int = 6, tokens: int = 10):
     return log_probs, old_log_probs, advantages, action_mask
 
 
-def run_loss(loss_module, batch, **aggregation):
+def run_loss(loss_module, batch, rollout_log_probs=None, **aggregation):
     """Forward and the gradient of the loss with respect to the log-probs."""
     log_probs, old_log_probs, advantages, action_mask = batch
     log_probs = log_probs.clone().requires_grad_(True)
     loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio = loss_module(
-        log_probs, old_log_probs, advantages, action_mask=action_mask, rollout_log_probs=None, **aggregation
+        log_probs, old_log_probs, advantages, action_mask=action_mask, rollout_log_probs=rollout_log_probs,
+        **aggregation,
     )
     (grad,) = torch.autograd.grad(loss, log_probs)
     return loss.detach(), grad, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
@@ -104,7 +109,9 @@ def test_fixed_interval_equals_openrlhf_policy_loss(clip_method, dual_clip, toke
     margins = {"clip_eps_low": 0.2, "clip_eps_high": 0.28 if clip_method == "clip-higher" else 0.2}
     batch = make_batch(seed=1)
     ours = run_loss(
-        BandPOPolicyLoss(**margins, dual_clip=dual_clip, token_level_loss=token_level_loss, clip_method=clip_method),
+        BandPOPolicyLoss(
+            **margins, dual_clip=dual_clip, token_level_loss=token_level_loss, bandpo_clip_method=clip_method
+        ),
         batch,
         **aggregation,
     )
@@ -155,10 +162,23 @@ def test_global_aggregation_is_invariant_to_data_parallel_sharding(token_level_l
     ("arguments", "message"),
     [
         ({"policy_loss_type": "gspo"}, "policy_loss_type must be 'ppo'"),
-        ({"is_correction_level": "token"}, "is_correction_level must be 'off'"),
+        ({"is_correction_level": "tokens"}, "is_correction_level must be one of off, token, seq"),
+        ({"is_correction_mode": "drop"}, "is_correction_mode must be one of mask, clip"),
+        ({"is_correction_gating": "kl"}, "is_correction_gating must be one of ratio, binary_kl, tv"),
+        ({"is_correction_level": "seq", "is_correction_mode": "clip"}, "is_correction_mode='clip' clamps"),
+        (
+            {"is_correction_level": "token", "is_correction_mode": "clip", "is_correction_gating": "tv",
+             "is_correction_threshold": (0.0, 0.1)},
+            "needs is_correction_level='token' and is_correction_gating='ratio'",
+        ),
+        ({"is_correction_level": "token", "is_correction_gating": "binary_kl"}, "bounds a divergence from above only"),
+        ({"is_correction_threshold": (5.0, 0.5)}, "is_correction_threshold high must be"),
+        ({"is_correction_threshold": (-1.0, 5.0)}, "is_correction_threshold low must be"),
+        ({"is_correction_threshold": (5.0,)}, "is_correction_threshold must be a pair"),
         ({"dual_clip": 0.5}, "dual_clip must be"),
-        ({"clip_method": "bandpo"}, "method must be one of"),
-        ({"delta": 0.0}, "delta must be"),
+        ({"bandpo_clip_method": "bandpo"}, "bandpo_clip_method must be one of band, band-relax, clip"),
+        ({"bandpo_delta": 0.0}, "delta must be"),
+        ({"bandpo_clip_method": "band-relax", "clip_eps_low": 1.5}, "eps_low must be"),
     ],
 )
 def test_bad_arguments_are_rejected_by_name(arguments, message):
@@ -168,8 +188,12 @@ def test_bad_arguments_are_rejected_by_name(arguments, message):
 
 def test_environment_parameters_are_parsed_and_typos_rejected():
     assert bandpo_parameters_from_environment(
-        {"BANDPO_CLIP_METHOD": "band", "BANDPO_DELTA": "0.1", "BANDPO_UPPER_MAX": "none", "PATH": "/bin"}
-    ) == {"clip_method": "band", "delta": 0.1, "upper_max": None}
+        {"BANDPO_CLIP_METHOD": "band-relax", "BANDPO_DELTA": "0.1", "BANDPO_UPPER_MAX": "none", "PATH": "/bin",
+         "BANDPO_DIVERGENCE": "tv"}
+    ) == {"bandpo_clip_method": "band-relax", "bandpo_delta": 0.1, "bandpo_upper_max": None, "bandpo_divergence": "tv"}
+    for name, (keyword, _) in ENVIRONMENT_PARAMETERS.items():
+        assert keyword == name.lower()  # BANDPO_X sets bandpo_x
+        assert keyword in inspect.signature(BandPOPolicyLoss.__init__).parameters
     with pytest.raises(ValueError, match="unknown BandPO environment variable.*BANDPO_DELTAA"):
         bandpo_parameters_from_environment({"BANDPO_DELTAA": "0.1"})
     with pytest.raises(ValueError, match="BANDPO_DELTA must be a float"):
@@ -195,6 +219,12 @@ def test_setup_hook_swaps_the_name_the_trainer_instantiates(monkeypatch):
     monkeypatch.setenv("BANDPO_CLIP_METHOD", "clip-higher")
     use_bandpo_policy_loss("fake_ppo_actor")
     assert target.PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.28).rule == FixedClip(0.2, 0.28)
+    monkeypatch.setenv("BANDPO_CLIP_METHOD", "band-relax")
+    use_bandpo_policy_loss("fake_ppo_actor")
+    assert target.PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.28).rule == Band(delta=0.1, relax=(0.2, 0.28))
+    monkeypatch.setenv("BANDPO_CLIP_METHOD", "clip_higher")
+    with pytest.raises(ValueError, match="bandpo_clip_method must be one of"):
+        use_bandpo_policy_loss("fake_ppo_actor")
 
 
 @pytest.mark.parametrize("token_level_loss", [True, False])
@@ -227,3 +257,203 @@ def test_bad_inputs_give_the_errors_of_bandpo_policy_loss():
         run_loss(BandPOPolicyLoss(), (log_probs, old_log_probs[:, :-1], advantages, action_mask))
     with pytest.raises(ValueError, match="advantages contain NaN"):
         run_loss(BandPOPolicyLoss(), (log_probs, old_log_probs, advantages * float("nan"), action_mask))
+
+
+# OpenRLHF's train/rollout importance-sampling correction (is_correction_*), composed with any bound rule.
+
+CORRECTIONS = {  # (level, mode, gating, threshold): OpenRLHF's named schemes and the divergence gates
+    "icepop": ("token", "mask", "ratio", (0.5, 5.0)),
+    "tis": ("token", "clip", "ratio", (0.5, 5.0)),
+    "seq-mask-tis": ("seq", "mask", "ratio", (0.5, 5.0)),
+    "token-binary-kl": ("token", "mask", "binary_kl", (0.0, 0.01)),
+    "seq-binary-kl": ("seq", "mask", "binary_kl", (0.0, 0.01)),
+    "token-tv": ("token", "mask", "tv", (0.0, 0.05)),
+    "seq-tv": ("seq", "mask", "tv", (0.0, 0.05)),
+}
+
+
+def correction_arguments(name: str) -> dict:
+    level, mode, gating, threshold = CORRECTIONS[name]
+    return {
+        "is_correction_level": level, "is_correction_mode": mode, "is_correction_gating": gating,
+        "is_correction_threshold": threshold,
+    }
+
+
+def make_rollout_log_probs(batch, seed: int):
+    """The rollout engine's log-probs: old log-probs off by a per-sequence shift plus per-token noise, so
+    that tokens and sequences pass and fail every gate: rows 0 and 3 nearly agree with the training engine,
+    row 1 (w ~ e^2) and row 2 (w ~ e^-1.2) are far off as sequences, and two tokens have w = e^2 and e^-2."""
+    old_log_probs = batch[1]
+    generator = torch.Generator().manual_seed(seed)
+    rows, tokens = old_log_probs.shape
+    shift = torch.randn(rows, 1, generator=generator, dtype=torch.float64) * 0.6
+    scale = torch.full((rows, 1), 0.5, dtype=torch.float64)
+    shift[[0, 3]], scale[[0, 3]] = 0.0, 0.03
+    shift[1], shift[2] = 2.0, -1.2
+    noise = torch.randn(rows, tokens, generator=generator, dtype=torch.float64) * scale
+    log_weight = shift + noise  # log pi_old - log pi_rollout
+    log_weight[1, 0], log_weight[2, 1] = 2.0, -2.0
+    return (old_log_probs - log_weight).clamp(max=0.0)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS, ids=["local", "global"])
+@pytest.mark.parametrize("token_level_loss", [True, False])
+@pytest.mark.parametrize("dual_clip", [None, 3.0])
+@pytest.mark.parametrize("clip_method", ["clip", "clip-higher"])
+@pytest.mark.parametrize("correction", list(CORRECTIONS))
+def test_rollout_correction_equals_openrlhf_policy_loss(
+    correction, clip_method, dual_clip, token_level_loss, aggregation
+):
+    openrlhf_policy_loss = import_openrlhf_policy_loss()
+    margins = {"clip_eps_low": 0.2, "clip_eps_high": 0.28 if clip_method == "clip-higher" else 0.2}
+    arguments = {**margins, "dual_clip": dual_clip, "token_level_loss": token_level_loss,
+                 **correction_arguments(correction)}
+    batch = make_batch(seed=11, batch=8, tokens=12)
+    rollout_log_probs = make_rollout_log_probs(batch, seed=12)
+    ours = run_loss(BandPOPolicyLoss(**arguments, bandpo_clip_method=clip_method), batch, rollout_log_probs,
+                    **aggregation)
+    theirs = run_loss(openrlhf_policy_loss(**arguments), batch, rollout_log_probs, **aggregation)
+    for name, index in (("loss", 0), ("grad", 1), ("ppo_kl", 3), ("vllm_kl", 4)):
+        torch.testing.assert_close(
+            ours[index], theirs[index], rtol=1e-12, atol=1e-12, msg=lambda text, name=name: f"{name}: {text}"
+        )
+    assert ours[2].item() == pytest.approx(theirs[2].item(), rel=1e-6)  # OpenRLHF counts in float32
+    filter_ratio, their_filter_ratio = ours[5].item(), theirs[5].item()
+    if CORRECTIONS[correction][0] == "seq":
+        # OpenRLHF's 0/0 mean makes the sequence without valid tokens NaN, and counts it as filtered;
+        # here only sequences with a valid token are units.
+        rows, empty = batch[3].shape[0], int((batch[3].sum(-1) == 0).sum())
+        assert empty == 1
+        assert filter_ratio == pytest.approx((their_filter_ratio * rows - empty) / (rows - empty), rel=1e-6)
+    else:
+        assert filter_ratio == pytest.approx(their_filter_ratio, rel=1e-6)
+    assert 0.0 < filter_ratio < 1.0  # the gate drops or clamps some units and keeps others
+
+
+def openrlhf_correction_weights(correction, batch, rollout_log_probs):
+    """OpenRLHF's own per-token correction factor, read off its PolicyLoss: at ratio 1 with A = -1, no clipping
+    and the loss summed over tokens, d loss / d log pi of each token is that token's factor."""
+    openrlhf_policy_loss = import_openrlhf_policy_loss()
+    _, old_log_probs, _, action_mask = batch
+    probe = openrlhf_policy_loss(clip_eps_low=0.99, clip_eps_high=1e9, **correction_arguments(correction))
+    advantages = -torch.ones_like(old_log_probs)
+    _, grad, *_ = run_loss(probe, (old_log_probs, old_log_probs, advantages, action_mask), rollout_log_probs,
+                           batch_num_tokens=1.0)
+    return grad
+
+
+@pytest.mark.parametrize("clip_method", ["band", "band-relax", "dcpo"])
+@pytest.mark.parametrize("correction", list(CORRECTIONS))
+def test_rollout_correction_composes_with_every_rule(correction, clip_method):
+    """With correction, each token's gradient is its gradient without correction times OpenRLHF's factor."""
+    batch = make_batch(seed=13, batch=8, tokens=12)
+    rollout_log_probs = make_rollout_log_probs(batch, seed=14)
+    common = {"dual_clip": 3.0, "bandpo_clip_method": clip_method, "clip_eps_high": 0.28}
+    aggregation = {"batch_num_tokens": 50.0}
+    _, corrected_grad, *_ = run_loss(
+        BandPOPolicyLoss(**common, **correction_arguments(correction)), batch, rollout_log_probs, **aggregation
+    )
+    _, plain_grad, *_ = run_loss(BandPOPolicyLoss(**common), batch, **aggregation)
+    weights = openrlhf_correction_weights(correction, batch, rollout_log_probs)
+    valid = batch[3]
+    assert ((weights > 0) & (plain_grad != 0)).any() and (((weights - 1).abs() > 0.1) & valid).any()
+    if CORRECTIONS[correction][1] == "mask":
+        assert ((weights == 0) & valid).any()
+    else:  # clip: some factors sit at a threshold
+        assert (((weights == 5.0) | (weights == 0.5)) & valid).any()
+    torch.testing.assert_close(corrected_grad, plain_grad * weights, rtol=1e-12, atol=1e-15)
+
+
+def test_rollout_correction_weights_by_hand():
+    """Three tokens with w = pi_old / pi_rollout = 3, 6 and 0.25, band (0.5, 5), and one padding token."""
+    old_log_probs = torch.log(torch.tensor([[0.6, 0.6, 0.2, 0.5]], dtype=torch.float64))
+    rollout_log_probs = torch.log(torch.tensor([[0.2, 0.1, 0.8, 0.9]], dtype=torch.float64))
+    mask = torch.tensor([[True, True, True, False]])
+
+    def correct(level, mode, gating="ratio", threshold=(0.5, 5.0)):
+        return rollout_correction(old_log_probs, rollout_log_probs, mask, level=level, mode=mode, gating=gating,
+                                  threshold=threshold)
+
+    icepop = correct("token", "mask")
+    torch.testing.assert_close(icepop.weights, torch.tensor([[3.0, 0.0, 0.0, 1.0]], dtype=torch.float64))
+    assert icepop.is_filter_ratio.item() == pytest.approx(2 / 3)
+    tis = correct("token", "clip")
+    torch.testing.assert_close(tis.weights, torch.tensor([[3.0, 5.0, 0.5, 1.0]], dtype=torch.float64))
+    sequence = correct("seq", "mask")  # geometric mean (3 * 6 * 0.25)^(1/3) = 4.5^(1/3) ~ 1.65: kept
+    torch.testing.assert_close(sequence.weights, torch.tensor([[3.0, 6.0, 0.25, 1.0]], dtype=torch.float64))
+    assert sequence.is_filter_ratio.item() == 0.0
+    tv = correct("token", "mask", "tv", (0.0, 0.45))  # |p_rollout - p_old| = 0.4, 0.5, 0.6
+    torch.testing.assert_close(tv.weights, torch.tensor([[3.0, 0.0, 0.0, 1.0]], dtype=torch.float64))
+    vllm_kl = (rollout_log_probs - old_log_probs)[mask].mean()
+    torch.testing.assert_close(tv.vllm_kl, vllm_kl)
+
+
+def test_rollout_correction_needs_rollout_log_probs():
+    batch = make_batch(seed=15)
+    with pytest.raises(ValueError, match="rollout_log_probs .* is required with is_correction_level='token'"):
+        run_loss(BandPOPolicyLoss(is_correction_level="token"), batch)
+    with pytest.raises(ValueError, match="rollout_log_probs must have the shape of old_log_probs"):
+        run_loss(BandPOPolicyLoss(is_correction_level="seq"), batch, batch[1][:, :-1])
+
+
+@pytest.mark.parametrize("correction", ["icepop", "tis", "seq-mask-tis", "seq-binary-kl"])
+def test_minus_infinity_in_padding_with_rollout_correction(correction):
+    """Padding of the rollout log-probs may be -inf too: the loss, gradient and logs stay those of clean padding."""
+    log_probs, old_log_probs, advantages, action_mask = make_batch(seed=16)
+    rollout_log_probs = make_rollout_log_probs((log_probs, old_log_probs, advantages, action_mask), seed=17)
+    padding = ~action_mask
+    infinite = [t.masked_fill(padding, -float("inf")) for t in (log_probs, old_log_probs, rollout_log_probs)]
+    loss_module = BandPOPolicyLoss(dual_clip=3.0, **correction_arguments(correction))
+    padded = run_loss(loss_module, (infinite[0], infinite[1], advantages, action_mask), infinite[2])
+    clean = run_loss(loss_module, (log_probs, old_log_probs, advantages, action_mask), rollout_log_probs)
+    assert all(torch.isfinite(value).all() for value in padded if value is not None)
+    for value, clean_value in zip(padded, clean):
+        torch.testing.assert_close(value, clean_value)
+
+
+EXAMPLE_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "openrlhf", "run_qwen2.5-3b_bandpo.sh")
+
+
+@pytest.mark.parametrize(
+    ("method", "rule"),
+    [
+        ("band", Band(delta=0.05, upper_max=10.0)),
+        ("band-relax", Band(delta=0.05, upper_max=10.0, relax=(0.2, 0.28))),
+        ("clip", FixedClip(0.2, 0.2)),
+        ("clip-higher", FixedClip(0.2, 0.28)),
+        ("dcpo", DCPO(0.16, 0.20, upper_max=10.0)),
+    ],
+)
+def test_example_script_builds_the_rule_in_the_worker(method, rule, tmp_path, monkeypatch):
+    """The OpenRLHF recipe's Ray job: its runtime env's hook and BANDPO_* variables, with the script's
+    --actor.eps_clip_low_high and --actor.dual_clip, build BandPOPolicyLoss with ``rule``.
+
+    A stand-in ``ray`` on PATH records the job submission."""
+    import json
+
+    stub = tmp_path / "bin" / "ray"
+    stub.parent.mkdir()
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGUMENTS_FILE"\n')  # NUL: the JSON spans lines
+    stub.chmod(0o755)
+    arguments_file = tmp_path / "arguments"
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "ARGUMENTS_FILE": str(arguments_file),
+           "REWARD_FUNC": "reward.py"}
+    subprocess.run(["bash", EXAMPLE_SCRIPT, method], env=env, check=True, timeout=60)
+    arguments = arguments_file.read_text().split("\0")
+    runtime_env = json.loads(next(a for a in arguments if a.startswith("--runtime-env-json=")).split("=", 1)[1])
+    module, _, function = runtime_env["worker_process_setup_hook"].rpartition(".")
+    assert getattr(importlib.import_module(module), function) is use_bandpo_policy_loss
+    eps = arguments.index("--actor.eps_clip_low_high")
+    dual_clip = float(arguments[arguments.index("--actor.dual_clip") + 1])
+    target = types.ModuleType("fake_ppo_actor")
+    monkeypatch.setitem(sys.modules, "fake_ppo_actor", target)
+    for name in [name for name in os.environ if name.startswith("BANDPO_")]:
+        monkeypatch.delenv(name)
+    for name, value in runtime_env["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    use_bandpo_policy_loss("fake_ppo_actor")
+    built = target.PolicyLoss(
+        clip_eps_low=float(arguments[eps + 1]), clip_eps_high=float(arguments[eps + 2]), dual_clip=dual_clip
+    )
+    assert built.rule == rule and built.dual_clip == 10.0

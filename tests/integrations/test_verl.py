@@ -21,28 +21,32 @@ from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
 import bandpo.integrations.verl as bandpo_verl  # noqa: E402
 from bandpo.aggregation import LOSS_AGG_MODES  # noqa: E402
 from bandpo.loss import policy_loss  # noqa: E402
-from bandpo.rules import DCPO, Band, FixedClip  # noqa: E402
+from bandpo.rules import CLIP_METHODS, DCPO, Band, FixedClip  # noqa: E402
 
 MODULE = "bandpo.integrations.verl"
 DUAL_CLIP = 10.0
-RULES = {
-    "bandpo": Band(divergence="kl", delta=0.05, upper_max=10.0),
-    "bandpo_clip": FixedClip(eps_low=0.2, eps_high=0.28),
-    "bandpo_dcpo": DCPO(eps_low=0.2, eps_high=0.28, upper_max=10.0),
+RULES = {  # each clip method with the margins of actor_config (clip_ratio_low/high 0.2 / 0.28)
+    "band": Band(divergence="kl", delta=0.05, upper_max=10.0),
+    "band-relax": Band(divergence="kl", delta=0.05, upper_max=10.0, relax=(0.2, 0.28)),
+    "clip": FixedClip(eps_low=0.2, eps_high=0.28),
+    "clip-higher": FixedClip(eps_low=0.2, eps_high=0.28),
+    "dcpo": DCPO(eps_low=0.2, eps_high=0.28, upper_max=10.0),
 }
 
 
-def actor_config(loss_mode: str, loss_agg_mode: str, **policy_loss_fields) -> ActorConfig:
-    """A real verl actor config as its workers build it, with Clip-Higher margins and dual clip 10."""
+def actor_config(clip_method: str, loss_agg_mode: str, *, margins=(0.2, 0.28), **policy_loss_fields) -> ActorConfig:
+    """A real verl actor config as its workers build it (loss_mode bandpo), Clip-Higher margins, dual clip 10."""
     return ActorConfig(
         strategy="fsdp",
         rollout_n=4,
         ppo_micro_batch_size_per_gpu=2,
-        clip_ratio_low=0.2,
-        clip_ratio_high=0.28,
+        clip_ratio_low=margins[0],
+        clip_ratio_high=margins[1],
         clip_ratio_c=DUAL_CLIP,
         loss_agg_mode=loss_agg_mode,
-        policy_loss=bandpo_verl.BandPOPolicyLossConfig(loss_mode=loss_mode, **policy_loss_fields),
+        policy_loss=bandpo_verl.BandPOPolicyLossConfig(
+            loss_mode="bandpo", bandpo_clip_method=clip_method, **policy_loss_fields
+        ),
     )
 
 
@@ -63,7 +67,7 @@ def make_batch(seed: int, batch: int = 8, tokens: int = 12, empty_row: bool = Fa
     return {"old_log_prob": old_log_prob, "log_prob": log_prob, "advantages": advantages, "response_mask": response_mask}
 
 
-def call_like_verl(loss_mode: str, data: dict[str, torch.Tensor], config: ActorConfig, rollout_is_weights=None):
+def call_like_verl(data: dict[str, torch.Tensor], config: ActorConfig, rollout_is_weights=None):
     """What verl.workers.utils.losses.ppo_loss does: look the loss up by name, call it by keyword."""
     log_prob = data["log_prob"].clone().requires_grad_(True)
     loss, metrics = get_policy_loss_fn(config.policy_loss.get("loss_mode", "vanilla"))(
@@ -79,7 +83,7 @@ def call_like_verl(loss_mode: str, data: dict[str, torch.Tensor], config: ActorC
     return loss.detach(), grad, metrics
 
 
-def bandpo_reference(loss_mode: str, data: dict[str, torch.Tensor], loss_agg_mode: str):
+def bandpo_reference(clip_method: str, data: dict[str, torch.Tensor], loss_agg_mode: str):
     """bandpo.policy_loss on the same batch: the value the verl loss must reproduce."""
     log_prob = data["log_prob"].clone().requires_grad_(True)
     loss, metrics = policy_loss(
@@ -87,7 +91,7 @@ def bandpo_reference(loss_mode: str, data: dict[str, torch.Tensor], loss_agg_mod
         data["old_log_prob"],
         data["advantages"],
         data["response_mask"],
-        clip=RULES[loss_mode],
+        clip=RULES[clip_method],
         loss_agg_mode=loss_agg_mode,
         dual_clip=DUAL_CLIP,
     )
@@ -95,17 +99,23 @@ def bandpo_reference(loss_mode: str, data: dict[str, torch.Tensor], loss_agg_mod
     return loss.detach(), grad, metrics
 
 
-def test_loss_modes_are_registered_under_their_names():
-    for loss_mode in bandpo_verl.BANDPO_LOSS_MODES:
-        assert get_policy_loss_fn(loss_mode).__name__ == f"compute_policy_loss_{loss_mode}"
+def test_one_loss_mode_is_registered_and_the_old_names_are_gone():
+    assert get_policy_loss_fn("bandpo").__name__ == "compute_policy_loss_bandpo"
+    for old_name in ("bandpo_clip", "bandpo_dcpo"):
+        with pytest.raises(ValueError, match="Unsupported loss mode"):
+            get_policy_loss_fn(old_name)
+
+
+def test_every_clip_method_has_a_reference_rule():
+    assert set(RULES) == set(CLIP_METHODS)
 
 
 @pytest.mark.parametrize("loss_agg_mode", LOSS_AGG_MODES)
-@pytest.mark.parametrize("loss_mode", bandpo_verl.BANDPO_LOSS_MODES)
-def test_registered_loss_equals_bandpo_policy_loss(loss_mode, loss_agg_mode):
+@pytest.mark.parametrize("clip_method", CLIP_METHODS)
+def test_registered_loss_equals_bandpo_policy_loss(clip_method, loss_agg_mode):
     data = make_batch(seed=1)
-    loss, grad, metrics = call_like_verl(loss_mode, data, actor_config(loss_mode, loss_agg_mode))
-    expected_loss, expected_grad, expected_metrics = bandpo_reference(loss_mode, data, loss_agg_mode)
+    loss, grad, metrics = call_like_verl(data, actor_config(clip_method, loss_agg_mode))
+    expected_loss, expected_grad, expected_metrics = bandpo_reference(clip_method, data, loss_agg_mode)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
     assert metrics["actor/pg_clipfrac"] == pytest.approx(expected_metrics["clip_ratio/region_mean"].item())
@@ -119,28 +129,29 @@ def test_registered_loss_equals_bandpo_policy_loss(loss_mode, loss_agg_mode):
 @pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_fully_masked_sequences_are_left_out_like_bandpo(loss_agg_mode):
     data = make_batch(seed=2, empty_row=True)
-    loss, grad, _ = call_like_verl("bandpo", data, actor_config("bandpo", loss_agg_mode))
-    expected_loss, expected_grad, _ = bandpo_reference("bandpo", data, loss_agg_mode)
+    loss, grad, _ = call_like_verl(data, actor_config("band", loss_agg_mode))
+    expected_loss, expected_grad, _ = bandpo_reference("band", data, loss_agg_mode)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
 
 
 def test_dual_clip_is_read_from_clip_ratio_c():
     data = make_batch(seed=3)
-    with_cap, _, metrics = call_like_verl("bandpo", data, actor_config("bandpo", "token-mean"))
-    config = actor_config("bandpo", "token-mean")
+    with_cap, _, metrics = call_like_verl(data, actor_config("band", "token-mean"))
+    config = actor_config("band", "token-mean")
     object.__setattr__(config, "clip_ratio_c", 1e6)  # the fields are frozen once built
-    without_cap, _, _ = call_like_verl("bandpo", data, config)
+    without_cap, _, _ = call_like_verl(data, config)
     assert metrics["actor/pg_clipfrac_lower"] > 0
     assert with_cap < without_cap
 
 
 @pytest.mark.parametrize("loss_agg_mode", ["token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum"])
-def test_bandpo_clip_equals_verl_vanilla_loss_and_metrics(loss_agg_mode):
+@pytest.mark.parametrize(("clip_method", "margins"), [("clip", (0.2, 0.2)), ("clip-higher", (0.2, 0.28))])
+def test_fixed_interval_equals_verl_vanilla_loss_and_metrics(clip_method, margins, loss_agg_mode):
     """With the fixed interval the registered loss must be verl's own PPO loss, number for number."""
     data = make_batch(seed=4, empty_row=True)
-    config = actor_config("bandpo_clip", loss_agg_mode)
-    loss, grad, metrics = call_like_verl("bandpo_clip", data, config)
+    config = actor_config(clip_method, loss_agg_mode, margins=margins)
+    loss, grad, metrics = call_like_verl(data, config)
     log_prob = data["log_prob"].clone().requires_grad_(True)
     vanilla_loss, vanilla_metrics = compute_policy_loss_vanilla(
         old_log_prob=data["old_log_prob"],
@@ -165,7 +176,7 @@ def test_loss_is_invariant_to_data_parallel_sharding_and_micro_batching(loss_agg
     the gradient of the full-batch loss.
     """
     data = make_batch(seed=5, batch=8, empty_row=True)
-    full_loss, full_grad, _ = bandpo_reference("bandpo", data, loss_agg_mode)
+    full_loss, full_grad, _ = bandpo_reference("band", data, loss_agg_mode)
     dp_size = 2
     global_batch_info = {
         "dp_size": dp_size,
@@ -176,10 +187,10 @@ def test_loss_is_invariant_to_data_parallel_sharding_and_micro_batching(loss_agg
     total_loss = torch.zeros((), dtype=torch.float64)
     grad = torch.zeros_like(full_grad)
     for rows in torch.arange(8).split(2):  # micro-batches 0,1 on rank 0; 2,3 on rank 1
-        config = actor_config("bandpo", loss_agg_mode)
+        config = actor_config("band", loss_agg_mode)
         config.global_batch_info.update(global_batch_info)
         shard = {name: tensor[rows] for name, tensor in data.items()}
-        loss, shard_grad, _ = call_like_verl("bandpo", shard, config)
+        loss, shard_grad, _ = call_like_verl(shard, config)
         total_loss += loss / dp_size
         grad[rows] = shard_grad / dp_size
     torch.testing.assert_close(total_loss, full_loss, rtol=1e-12, atol=1e-12)
@@ -189,9 +200,9 @@ def test_loss_is_invariant_to_data_parallel_sharding_and_micro_batching(loss_agg
 def test_rollout_is_weights_scale_each_sequence():
     data = make_batch(seed=6)
     weights = torch.linspace(0.5, 2.0, 8, dtype=torch.float64).unsqueeze(-1).expand_as(data["log_prob"])
-    loss, _, _ = call_like_verl("bandpo", data, actor_config("bandpo", "seq-mean-token-mean"), weights)
+    loss, _, _ = call_like_verl(data, actor_config("band", "seq-mean-token-mean"), weights)
     per_sequence = [
-        bandpo_reference("bandpo", {name: tensor[i : i + 1] for name, tensor in data.items()}, "seq-mean-token-mean")[0]
+        bandpo_reference("band", {name: tensor[i : i + 1] for name, tensor in data.items()}, "seq-mean-token-mean")[0]
         for i in range(8)
     ]
     expected = (torch.stack(per_sequence) * weights[:, 0]).mean()
@@ -200,29 +211,34 @@ def test_rollout_is_weights_scale_each_sequence():
 
 def test_band_parameters_come_from_the_policy_loss_config():
     data = make_batch(seed=7)
-    wide, _, wide_metrics = call_like_verl("bandpo", data, actor_config("bandpo", "token-mean", bandpo_delta=0.5))
+    wide, _, wide_metrics = call_like_verl(data, actor_config("band", "token-mean", bandpo_delta=0.5))
     log_prob = data["log_prob"].clone()
     expected, _ = policy_loss(
         log_prob, data["old_log_prob"], data["advantages"], data["response_mask"],
         clip=Band(delta=0.5), dual_clip=DUAL_CLIP,
     )
     torch.testing.assert_close(wide, expected, rtol=1e-12, atol=1e-12)
-    narrow, _, narrow_metrics = call_like_verl("bandpo", data, actor_config("bandpo", "token-mean"))
+    narrow, _, narrow_metrics = call_like_verl(data, actor_config("band", "token-mean"))
     assert wide_metrics["actor/bandpo/bounds/upper_mean"] > narrow_metrics["actor/bandpo/bounds/upper_mean"]
 
 
 def test_plain_verl_policy_loss_config_uses_published_defaults():
     data = make_batch(seed=8)
-    config = actor_config("bandpo", "token-mean")
+    config = actor_config("band", "token-mean")
     object.__setattr__(config, "policy_loss", PolicyLossConfig(loss_mode="bandpo"))
-    loss, _, _ = call_like_verl("bandpo", data, config)
-    expected, _, _ = bandpo_reference("bandpo", data, "token-mean")
+    loss, _, _ = call_like_verl(data, config)
+    expected, _, _ = bandpo_reference("band", data, "token-mean")
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
-    [({"bandpo_divergence": "kll"}, "divergence must be one of"), ({"bandpo_delta": -1.0}, "delta must be")],
+    [
+        ({"bandpo_divergence": "kll"}, "divergence must be one of"),
+        ({"bandpo_delta": -1.0}, "delta must be"),
+        ({"bandpo_upper_max": 0.5}, "upper_max must be"),
+        ({"bandpo_clip_method": "bandpo_clip"}, "bandpo_clip_method must be one of band, band-relax, clip"),
+    ],
 )
 def test_bad_band_parameters_are_rejected_by_name(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -238,7 +254,7 @@ def test_missing_config_is_rejected():
 def test_misspelt_keyword_is_rejected():
     data = make_batch(seed=9)
     with pytest.raises(TypeError):
-        get_policy_loss_fn("bandpo")(**data, loss_agg_mod="token-mean", config=actor_config("bandpo", "token-mean"))
+        get_policy_loss_fn("bandpo")(**data, loss_agg_mod="token-mean", config=actor_config("band", "token-mean"))
 
 
 def run_fresh_python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -293,7 +309,8 @@ COMPOSE_ACTOR_CONFIG = """
         config = compose("ppo_trainer", overrides=overrides)
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     policy_loss = actor.policy_loss
-    print(type(policy_loss).__name__, policy_loss.loss_mode, policy_loss.get("bandpo_delta"))
+    print(type(policy_loss).__name__, policy_loss.loss_mode, policy_loss.get("bandpo_clip_method"),
+          policy_loss.get("bandpo_delta"))
 """
 
 
@@ -311,10 +328,11 @@ def test_band_parameters_are_settable_from_the_verl_command_line():
     result = compose_actor_config(
         "actor_rollout_ref.actor.policy_loss.loss_mode=bandpo",
         f"actor_rollout_ref.actor.policy_loss._target_={MODULE}.BandPOPolicyLossConfig",
+        "+actor_rollout_ref.actor.policy_loss.bandpo_clip_method=band-relax",
         "+actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["BandPOPolicyLossConfig", "bandpo", "0.1"]
+    assert result.stdout.split() == ["BandPOPolicyLossConfig", "bandpo", "band-relax", "0.1"]
 
 
 def test_misspelt_band_parameter_on_the_command_line_fails():
@@ -350,17 +368,17 @@ def test_ray_worker_sees_the_registration_through_external_lib_and_env():
 
 
 @pytest.mark.parametrize("loss_agg_mode", LOSS_AGG_MODES)
-@pytest.mark.parametrize("loss_mode", bandpo_verl.BANDPO_LOSS_MODES)
-def test_minus_infinity_in_padding_gives_the_same_finite_loss_and_gradient(loss_mode, loss_agg_mode):
+@pytest.mark.parametrize("clip_method", CLIP_METHODS)
+def test_minus_infinity_in_padding_gives_the_same_finite_loss_and_gradient(clip_method, loss_agg_mode):
     """Padding may hold any log-probability (-inf included); it must not reach the loss or its gradient."""
     data = make_batch(seed=5)
     padded = {**data}
     padding = ~data["response_mask"]
     padded["log_prob"] = data["log_prob"].masked_fill(padding, -float("inf"))
     padded["old_log_prob"] = data["old_log_prob"].masked_fill(padding, -float("inf"))
-    config = actor_config(loss_mode, loss_agg_mode)
-    loss, grad, metrics = call_like_verl(loss_mode, padded, config)
-    clean_loss, clean_grad, clean_metrics = call_like_verl(loss_mode, data, config)
+    config = actor_config(clip_method, loss_agg_mode)
+    loss, grad, metrics = call_like_verl(padded, config)
+    clean_loss, clean_grad, clean_metrics = call_like_verl(data, config)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     torch.testing.assert_close(loss, clean_loss)
     torch.testing.assert_close(grad, clean_grad)
@@ -379,6 +397,202 @@ def test_bad_inputs_give_the_errors_of_bandpo_policy_loss(change, message):
     data = make_batch(seed=6)
     change(data)
     with pytest.raises(ValueError, match=message):
-        call_like_verl("bandpo", data, actor_config("bandpo", "token-mean"))
+        call_like_verl(data, actor_config("band", "token-mean"))
     with pytest.raises(ValueError, match=message):
-        bandpo_reference("bandpo", data, "token-mean")
+        bandpo_reference("band", data, "token-mean")
+
+
+def test_band_relax_margins_come_from_clip_ratio_low_and_high():
+    """band-relax widens the band to [1 - clip_ratio_low, 1 + clip_ratio_high]; with zero margins it is band."""
+    data = make_batch(seed=11)
+    band_loss, _, band_metrics = call_like_verl(data, actor_config("band", "token-mean"))
+    relaxed_config = actor_config("band-relax", "token-mean", margins=(0.5, 0.6))
+    relaxed_loss, _, relaxed_metrics = call_like_verl(data, relaxed_config)
+    expected, _ = policy_loss(
+        data["log_prob"], data["old_log_prob"], data["advantages"], data["response_mask"],
+        clip=Band(relax=(0.5, 0.6)), dual_clip=DUAL_CLIP,
+    )
+    torch.testing.assert_close(relaxed_loss, expected, rtol=1e-12, atol=1e-12)
+    assert relaxed_metrics["actor/bandpo/bounds/upper_mean"] >= 1.6 > band_metrics["actor/bandpo/bounds/upper_mean"]
+    assert relaxed_metrics["actor/bandpo/bounds/lower_mean"] <= 0.5 < band_metrics["actor/bandpo/bounds/lower_mean"]
+    assert relaxed_metrics["actor/pg_clipfrac"] < band_metrics["actor/pg_clipfrac"]
+    zero_margins, _, _ = call_like_verl(data, actor_config("band-relax", "token-mean", margins=(0.0, 0.0)))
+    torch.testing.assert_close(zero_margins, band_loss, rtol=0, atol=0)
+
+
+# BandPO and DPPO (SPEC §9): verl's dppo_kl / dppo_tv keep a token's gradient unless the binary divergence
+# between Bern(p_old) and Bern(p) exceeds the radius in the direction the advantage pushes. By the two-point
+# lemma that is "r inside Band_{f, delta}(p_old)" for f = kl, tv, so the per-token gradients must agree.
+
+DPPO_DELTA = 0.05
+DPPO_EDGE_MARGIN = 1e-3
+"""Tokens whose ratio lies within this relative distance of a bound are left out of the comparison (DPPO
+adds 1e-8 inside its binary-KL logarithm, which moves its edge by up to ~1e-5)."""
+
+
+def dppo_config(divergence: str, *, clip_ratio_c: float, upper_max: float | None = None) -> ActorConfig:
+    """One config both losses read: DPPO's radius is clip_ratio(_low/_high) = delta, its truncation C and our
+    dual clip both clip_ratio_c; BandPO's band with the same divergence and delta, no cap by default."""
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=4,
+        ppo_micro_batch_size_per_gpu=2,
+        clip_ratio=DPPO_DELTA,
+        clip_ratio_low=DPPO_DELTA,
+        clip_ratio_high=DPPO_DELTA,
+        clip_ratio_c=clip_ratio_c,
+        loss_agg_mode="token-mean",
+        policy_loss=bandpo_verl.BandPOPolicyLossConfig(
+            loss_mode="bandpo", bandpo_clip_method="band", bandpo_divergence=divergence, bandpo_delta=DPPO_DELTA,
+            bandpo_upper_max=upper_max,
+        ),
+    )
+
+
+def dppo_batch(seed: int, batch: int = 64, tokens: int = 48) -> dict[str, torch.Tensor]:
+    """Old probabilities over (0.01, 0.99), ratios spread across both bounds, both signs of advantage, padding."""
+    generator = torch.Generator().manual_seed(seed)
+    old_log_prob = torch.log(torch.rand(batch, tokens, generator=generator, dtype=torch.float64) * 0.98 + 0.01)
+    log_ratio = torch.randn(batch, tokens, generator=generator, dtype=torch.float64) * 0.5
+    log_prob = old_log_prob + log_ratio
+    log_prob = torch.where(log_prob < 0, log_prob, old_log_prob - log_ratio)  # p < 1: reflect, do not pile up at 1
+    advantages = torch.randn(batch, tokens, generator=generator, dtype=torch.float64)
+    lengths = torch.randint(tokens // 2, tokens + 1, (batch,), generator=generator)
+    response_mask = torch.arange(tokens).unsqueeze(0) < lengths.unsqueeze(-1)
+    return {
+        "old_log_prob": old_log_prob, "log_prob": log_prob, "advantages": advantages, "response_mask": response_mask
+    }
+
+
+def call_dppo(name: str, data: dict[str, torch.Tensor], config: ActorConfig):
+    log_prob = data["log_prob"].clone().requires_grad_(True)
+    loss, metrics = get_policy_loss_fn(name)(
+        old_log_prob=data["old_log_prob"], log_prob=log_prob, advantages=data["advantages"],
+        response_mask=data["response_mask"], loss_agg_mode=config.loss_agg_mode, config=config, rollout_is_weights=None,
+    )
+    (grad,) = torch.autograd.grad(loss, log_prob)
+    return loss.detach(), grad, metrics
+
+
+@pytest.mark.parametrize("divergence", ["kl", "tv"])
+def test_band_gradient_equals_dppo_token_by_token(divergence):
+    """Same trust region, same gradient mask: d loss / d log pi agree on every token away from the band's edges.
+
+    token-mean over the same mask makes each token's gradient its own (-A r / N or 0), so the comparison is
+    per token. clip_ratio_c = 1e6 is beyond every ratio here (r <= 1/p_old <= 100): no truncation, no dual clip.
+    """
+    data = dppo_batch(seed=21)
+    config = dppo_config(divergence, clip_ratio_c=1e6)
+    loss, grad, metrics = call_like_verl(data, config)
+    dppo_loss, dppo_grad, dppo_metrics = call_dppo(f"dppo_{divergence}", data, config)
+
+    lower, upper = Band(divergence=divergence, delta=DPPO_DELTA, upper_max=None).bounds(data["old_log_prob"])
+    ratio = torch.exp(data["log_prob"] - data["old_log_prob"])
+    valid = data["response_mask"]
+    away_from_edges = ((ratio - lower).abs() > DPPO_EDGE_MARGIN * lower) & (
+        (ratio - upper).abs() > DPPO_EDGE_MARGIN * upper
+    )
+    compared = valid & away_from_edges
+    assert compared.sum() >= 0.99 * valid.sum()
+    positive, negative = data["advantages"] > 0, data["advantages"] < 0
+    cut = compared & (((ratio > upper) & positive) | ((ratio < lower) & negative))
+    for side in (positive & (ratio > upper), positive & (ratio < lower), negative & (ratio < lower),
+                 negative & (ratio > upper), positive & (ratio > 1), negative & (ratio < 1)):
+        assert (compared & side).sum() >= 20  # every case of the two-sided mask is exercised
+    assert (grad[cut] == 0).all() and (dppo_grad[cut] == 0).all()
+    assert (grad[compared & ~cut] != 0).all()
+    torch.testing.assert_close(grad[compared], dppo_grad[compared], rtol=1e-12, atol=1e-15)
+    assert (grad[~valid] == 0).all() and (dppo_grad[~valid] == 0).all()
+    # the share of cut tokens is the same too (up to the tokens at the edges)
+    edge_share = ((valid & ~away_from_edges).sum() / valid.sum()).item()
+    assert abs(metrics["actor/pg_clipfrac"] - dppo_metrics["actor/pg_clipfrac"]) <= edge_share + 1e-6
+    # ... but the losses are different functions: -A r against -A sg(r) log pi
+    assert not torch.isclose(loss, dppo_loss)
+
+
+@pytest.mark.parametrize("divergence", ["kl", "tv"])
+def test_band_and_dppo_differ_by_the_cap_and_the_truncation(divergence):
+    """Where they part: BandPO's upper_max and dual clip versus DPPO's truncated ratio min(r, C).
+
+    Tokens (p_old, p, A), token-mean over 4 tokens, C = clip_ratio_c = 3:
+      0  p_old 0.001 -> 0.012 (r 12), A > 0: inside the band (upper ~ 49 kl, 51 tv) but above upper_max 10 —
+         BandPO cuts it, DPPO keeps -A min(r, C) = -3A.
+      1  p_old 0.1 -> 0.5 (r 5), A < 0: the dual clip caps BandPO's loss at -C A (gradient 0); DPPO keeps
+         -A min(r, C) = -3A.
+      2  p_old 0.01 -> 0.05 (r 5), A > 0, inside the band: BandPO -A r = -5A, DPPO truncates to -3A.
+      3  p_old 0.5 -> 0.45 (r 0.9), A > 0, inside the band and below C: the same, -0.9A.
+    """
+    old_p = torch.tensor([[0.001, 0.1, 0.01, 0.5]], dtype=torch.float64)
+    new_p = torch.tensor([[0.012, 0.5, 0.05, 0.45]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, -1.0, 1.0, 1.0]], dtype=torch.float64)
+    data = {"old_log_prob": old_p.log(), "log_prob": new_p.log(), "advantages": advantages,
+            "response_mask": torch.ones_like(old_p, dtype=torch.bool)}
+    config = dppo_config(divergence, clip_ratio_c=3.0, upper_max=10.0)
+    _, grad, _ = call_like_verl(data, config)
+    _, dppo_grad, _ = call_dppo(f"dppo_{divergence}", data, config)
+    ratio = new_p / old_p
+    expected = torch.tensor([[0.0, 0.0, -ratio[0, 2] / 4, -ratio[0, 3] / 4]], dtype=torch.float64)
+    expected_dppo = torch.tensor([[-3 / 4, 3 / 4, -3 / 4, -ratio[0, 3] / 4]], dtype=torch.float64)
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(dppo_grad, expected_dppo)
+    uncapped_config = dppo_config(divergence, clip_ratio_c=1e6, upper_max=None)
+    _, uncapped_grad, _ = call_like_verl(data, uncapped_config)
+    _, untruncated_grad, _ = call_dppo(f"dppo_{divergence}", data, uncapped_config)
+    torch.testing.assert_close(uncapped_grad, untruncated_grad, rtol=1e-12, atol=1e-15)
+
+
+EXAMPLE_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "verl", "run_qwen2.5-3b_dapo.sh")
+EXAMPLE_METHODS = {  # script argument: (bandpo_clip_method, clip_ratio_low, clip_ratio_high)
+    "bandpo": ("band", 0.2, 0.2),
+    "band-relax": ("band-relax", 0.2, 0.28),
+    "grpo": ("clip", 0.2, 0.2),
+    "clip-higher": ("clip-higher", 0.2, 0.28),
+    "dcpo": ("dcpo", 0.16, 0.2),
+}
+
+COMPOSE_EXAMPLE = """
+    import json, os, sys, verl
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+    results = {}
+    for path in sys.argv[1:]:
+        arguments = [line for line in open(path).read().splitlines() if line][2:]  # after -m verl.trainer.main_ppo
+        with initialize_config_dir(os.path.join(os.path.dirname(verl.__file__), "trainer/config"), version_base=None):
+            config = compose("ppo_trainer", overrides=arguments)
+        actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+        results[os.path.basename(path)] = [
+            type(actor.policy_loss).__name__, actor.policy_loss.loss_mode, actor.policy_loss.bandpo_clip_method,
+            actor.clip_ratio_low, actor.clip_ratio_high, config.actor_rollout_ref.model.external_lib,
+        ]
+    print(json.dumps(results))
+"""
+
+
+def test_example_script_overrides_build_verl_configs(tmp_path):
+    """The verl recipe's command line, every method, composes with verl's own ppo_trainer.yaml into our config.
+
+    A stand-in ``python3`` on PATH records the arguments the script would pass to verl.trainer.main_ppo.
+    """
+    import json
+
+    stub = tmp_path / "bin" / "python3"
+    stub.parent.mkdir()
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGUMENTS_FILE"\n')
+    stub.chmod(0o755)
+    paths = []
+    for method in EXAMPLE_METHODS:
+        path = tmp_path / method
+        env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "ARGUMENTS_FILE": str(path),
+               "DATA_DIR": "/data"}
+        subprocess.run(["bash", EXAMPLE_SCRIPT, method], env=env, check=True, timeout=60)
+        assert path.read_text().splitlines()[:2] == ["-m", "verl.trainer.main_ppo"]
+        paths.append(str(path))
+    bad = subprocess.run(["bash", EXAMPLE_SCRIPT, "bandpo_clip"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "method must be one of" in bad.stderr
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(COMPOSE_EXAMPLE), *paths], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    composed = json.loads(result.stdout.strip().splitlines()[-1])
+    for method, (clip_method, low, high) in EXAMPLE_METHODS.items():
+        assert composed[method] == ["BandPOPolicyLossConfig", "bandpo", clip_method, low, high, MODULE], method

@@ -1,15 +1,22 @@
 """A drop-in for OpenRLHF 0.11's ``openrlhf.models.PolicyLoss`` with BandPO's bounds.
 
 :class:`BandPOPolicyLoss` takes PolicyLoss's constructor arguments (``clip_eps_low``/``clip_eps_high``
-are the margins of the ``clip``/``clip-higher``/``dcpo`` baselines), plus keyword-only ``clip_method``,
-``divergence``, ``delta`` and ``upper_max``; its ``forward`` has PolicyLoss's signature and returns
-the same tuple ``(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio)``. Supported: PPO-style token
-ratios (``policy_loss_type="ppo"``) with the train/rollout correction off (``is_correction_level="off"``);
-anything else raises ValueError.
+are the margins of the ``clip``/``clip-higher``/``band-relax``/``dcpo`` rules), plus keyword-only
+``bandpo_clip_method``, ``bandpo_divergence``, ``bandpo_delta`` and ``bandpo_upper_max``; its ``forward``
+has PolicyLoss's signature and returns the same tuple ``(loss, clip_ratio, ppo_kl, vllm_kl,
+is_filter_ratio)``.
+
+Supported: PPO-style token ratios (``policy_loss_type="ppo"``) with any bound rule, and OpenRLHF's
+train/rollout importance-sampling correction (``is_correction_level`` token | seq, ``is_correction_mode``
+mask | clip, ``is_correction_gating`` ratio | binary_kl | tv, ``is_correction_threshold``) applied as
+OpenRLHF applies it (:func:`rollout_correction`). Refused: ``policy_loss_type="gspo"`` (a sequence-level
+ratio, while every BandPO bound is per token, from that token's old probability), and the correction
+settings OpenRLHF itself refuses.
 
 OpenRLHF builds its PolicyLoss inside the Ray actor workers (``openrlhf.trainer.ray.ppo_actor``), so the
 swap must run in each worker: pass :func:`use_bandpo_policy_loss` as Ray's ``worker_process_setup_hook``
-in the job's runtime env, with BandPO's parameters as ``BANDPO_*`` environment variables::
+in the job's runtime env, with BandPO's parameters as ``BANDPO_*`` environment variables (``BANDPO_X``
+sets the keyword ``bandpo_x``)::
 
     ray job submit --runtime-env-json='{
         "worker_process_setup_hook": "bandpo.integrations.openrlhf.use_bandpo_policy_loss",
@@ -22,7 +29,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,18 +37,25 @@ from torch import Tensor, nn
 from bandpo.aggregation import aggregate
 from bandpo.checks import check_number
 from bandpo.loss import policy_terms
-from bandpo.rules import BoundRule, make_rule
+from bandpo.rules import CLIP_METHODS, BoundRule, make_rule
 
 OPENRLHF_ACTOR_MODULE = "openrlhf.trainer.ray.ppo_actor"
 """The module whose ``PolicyLoss`` name OpenRLHF's actor trainer instantiates."""
 
 ENVIRONMENT_PARAMETERS = {
-    "BANDPO_CLIP_METHOD": ("clip_method", str),
-    "BANDPO_DIVERGENCE": ("divergence", str),
-    "BANDPO_DELTA": ("delta", float),
-    "BANDPO_UPPER_MAX": ("upper_max", float),
+    "BANDPO_CLIP_METHOD": ("bandpo_clip_method", str),
+    "BANDPO_DIVERGENCE": ("bandpo_divergence", str),
+    "BANDPO_DELTA": ("bandpo_delta", float),
+    "BANDPO_UPPER_MAX": ("bandpo_upper_max", float),
 }
 """Environment variables read by :func:`use_bandpo_policy_loss` and the keyword each one sets."""
+
+POLICY_LOSS_TYPES = ("ppo",)
+IS_CORRECTION_LEVELS = ("off", "token", "seq")
+IS_CORRECTION_MODES = ("mask", "clip")
+IS_CORRECTION_GATINGS = ("ratio", "binary_kl", "tv")
+CORRECTION_PROBABILITY_CLAMP = 1e-6
+"""OpenRLHF clamps both probabilities to [1e-6, 1 - 1e-6] before the binary_kl / tv gates."""
 
 
 def global_aggregate(
@@ -69,18 +83,141 @@ def global_aggregate(
     return sequence_means.sum() / global_batch_size * dp_size
 
 
+def check_rollout_correction(level: str, mode: str, gating: str, threshold: Sequence[float]) -> tuple[float, float]:
+    """Validate OpenRLHF's ``is_correction_*`` settings as OpenRLHF 0.11 does; returns (low, high).
+
+    Besides OpenRLHF's own checks (the three choices; ``clip`` only at token level with ratio gating; a
+    divergence gate takes an upper bound only, low = 0), the threshold must be two numbers with
+    0 <= low <= high (high may be inf).
+    """
+    for name, value, accepted in (
+        ("is_correction_level", level, IS_CORRECTION_LEVELS),
+        ("is_correction_mode", mode, IS_CORRECTION_MODES),
+        ("is_correction_gating", gating, IS_CORRECTION_GATINGS),
+    ):
+        if value not in accepted:
+            raise ValueError(f"{name} must be one of {', '.join(accepted)}, got {value!r}")
+    if mode == "clip" and (level == "seq" or gating != "ratio"):
+        raise ValueError(
+            f"is_correction_mode='clip' clamps the per-token ratio: it needs is_correction_level='token' and "
+            f"is_correction_gating='ratio', got level {level!r} and gating {gating!r} (use is_correction_mode='mask')"
+        )
+    if isinstance(threshold, (str, bytes)) or not isinstance(threshold, Sequence) or len(threshold) != 2:
+        raise ValueError(f"is_correction_threshold must be a pair (low, high), got {threshold!r}")
+    low = check_number("is_correction_threshold low", threshold[0], low=0.0)
+    high = check_number("is_correction_threshold high", threshold[1], low=low, allow_infinity=True)
+    if gating != "ratio" and level != "off" and low > 0:
+        raise ValueError(
+            f"is_correction_gating={gating!r} bounds a divergence from above only: is_correction_threshold must "
+            f"be (0, delta), got {tuple(threshold)!r}"
+        )
+    return low, high
+
+
+class RolloutCorrection(NamedTuple):
+    """OpenRLHF's train/rollout correction for one batch: the per-token factor on the loss and its logs."""
+
+    weights: Tensor
+    """(B, T) factor multiplying each token's loss (no gradient); 1 on padding."""
+    filtered: Tensor
+    """Bool, per gated unit: (B, T) at token level, (B, 1) at sequence level; True where out of band."""
+    is_filter_ratio: Tensor
+    """Share of gated units out of band (valid tokens, or sequences with a valid token)."""
+    vllm_kl: Tensor
+    """Mean over valid tokens of log pi_rollout - log pi_old."""
+
+
+def rollout_correction(
+    old_log_probs: Tensor,
+    rollout_log_probs: Tensor,
+    mask: Tensor,
+    *,
+    level: str,
+    mode: str = "mask",
+    gating: str = "ratio",
+    threshold: Sequence[float] = (0.5, 5.0),
+) -> RolloutCorrection:
+    """OpenRLHF 0.11's train/rollout importance-sampling correction, written from its documented semantics.
+
+    With w = pi_old / pi_rollout per token (old = the training engine's log-probs, rollout = vLLM's), a
+    gate reads one statistic per unit (``level`` token: each token; seq: each sequence) and
+    ``threshold`` = (low, high):
+
+        gating ratio      token: w;  seq: exp(mean_t log w)  (the geometric mean over valid tokens)
+        gating binary_kl  p log(p/q) + (1-p) log((1-p)/(1-q)),  p = pi_rollout, q = pi_old, both
+                          clamped to [1e-6, 1 - 1e-6]; seq: its mean over valid tokens
+        gating tv         |p - q| (same clamp); seq: its mean over valid tokens
+
+        mode mask   weight = w where low <= stat <= high, 0 elsewhere (the unit is dropped)
+        mode clip   weight = clamp(w, low, high)           (token level, ratio gating only: TIS)
+
+    The weight multiplies each token's policy loss (after the dual clip, before aggregation).
+    ``is_filter_ratio`` is the share of units out of band, ``vllm_kl`` the mean of log pi_rollout -
+    log pi_old over valid tokens. Padding (mask 0) may hold any value, -inf included: it is read as
+    log-probability 0, gets weight 1 and counts nowhere. A sequence without valid tokens is not a unit
+    (OpenRLHF's 0/0 mean makes it NaN and counts it as filtered).
+    """
+    low, high = check_rollout_correction(level, mode, gating, threshold)
+    if level == "off":
+        raise ValueError("level must be 'token' or 'seq' for rollout_correction (there is nothing to correct when off)")
+    if rollout_log_probs is None:
+        raise ValueError(
+            f"rollout_log_probs (the rollout engine's log-probs) is required with is_correction_level={level!r}"
+        )
+    if rollout_log_probs.shape != old_log_probs.shape:
+        raise ValueError(
+            f"rollout_log_probs must have the shape of old_log_probs {tuple(old_log_probs.shape)}, "
+            f"got {tuple(rollout_log_probs.shape)}"
+        )
+    with torch.no_grad():
+        valid = mask != 0
+        weight_mask = mask.to(old_log_probs.dtype)
+        old = torch.where(valid, old_log_probs, 0.0)
+        rollout = torch.where(valid, rollout_log_probs.to(old.dtype), 0.0)
+        seq_level = level == "seq"
+        tokens_per_sequence = weight_mask.sum(-1, keepdim=True)
+
+        def sequence_mean(values: Tensor) -> Tensor:
+            return (values * weight_mask).sum(-1, keepdim=True) / tokens_per_sequence.clamp_min(1.0)
+
+        log_weight = old - rollout
+        token_weight = log_weight.exp()
+        if gating == "ratio":
+            statistic = sequence_mean(log_weight).exp() if seq_level else token_weight
+        else:
+            p = rollout.exp().clamp(CORRECTION_PROBABILITY_CLAMP, 1 - CORRECTION_PROBABILITY_CLAMP)
+            q = old.exp().clamp(CORRECTION_PROBABILITY_CLAMP, 1 - CORRECTION_PROBABILITY_CLAMP)
+            if gating == "binary_kl":
+                statistic = p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+            else:
+                statistic = (p - q).abs()
+            if seq_level:
+                statistic = sequence_mean(statistic)
+        inside = (statistic >= low) & (statistic <= high)
+        weights = statistic.clamp(low, high) if mode == "clip" else torch.where(inside, token_weight, 0.0)
+        weights = torch.where(valid, weights.expand_as(old), 1.0)
+        filtered = ~inside
+        units = tokens_per_sequence > 0 if seq_level else valid
+        is_filter_ratio = (filtered & units).sum().to(old.dtype) / units.sum().clamp_min(1)
+        vllm_kl = ((rollout - old) * weight_mask).sum() / weight_mask.sum().clamp_min(1.0)
+    return RolloutCorrection(weights, filtered, is_filter_ratio, vllm_kl)
+
+
 class BandPOPolicyLoss(nn.Module):
     """OpenRLHF's PolicyLoss with the ratio interval of a BandPO bound rule.
 
     Args:
-        clip_eps_low, clip_eps_high: margins of the fixed-interval and DCPO rules (ignored by ``band``).
+        clip_eps_low, clip_eps_high: margins of the clip, clip-higher, band-relax and dcpo rules
+            (ignored by ``band``).
         dual_clip: c > 1 caps the loss of negative-advantage tokens at -c A; None for no cap.
         token_level_loss: token-mean (True) or seq-mean-token-mean (False), as in OpenRLHF.
         policy_loss_type: must be ``"ppo"``.
-        is_correction_level: must be ``"off"``; ``is_correction_mode``, ``is_correction_gating`` and
-            ``is_correction_threshold`` are accepted for signature compatibility and then unused.
-        clip_method: band | clip | clip-higher | dcpo.
-        divergence, delta, upper_max: the Band rule (published: kl, 0.05, 10); ``upper_max`` also caps DCPO.
+        is_correction_level, is_correction_mode, is_correction_gating, is_correction_threshold:
+            OpenRLHF's train/rollout correction (:func:`rollout_correction`); off by default.
+        bandpo_clip_method: one of :data:`bandpo.rules.CLIP_METHODS` (band | band-relax | clip |
+            clip-higher | dcpo).
+        bandpo_divergence, bandpo_delta, bandpo_upper_max: the Band rule (published: kl, 0.05, 10);
+            ``bandpo_upper_max`` also caps DCPO.
     """
 
     def __init__(
@@ -93,31 +230,34 @@ class BandPOPolicyLoss(nn.Module):
         is_correction_level: str = "off",
         is_correction_mode: str = "mask",
         is_correction_gating: str = "ratio",
-        is_correction_threshold: tuple[float, float] = (0.5, 5.0),
+        is_correction_threshold: Sequence[float] = (0.5, 5.0),
         *,
-        clip_method: str = "band",
-        divergence: str = "kl",
-        delta: float = 0.05,
-        upper_max: Optional[float] = 10.0,
+        bandpo_clip_method: str = "band",
+        bandpo_divergence: str = "kl",
+        bandpo_delta: float = 0.05,
+        bandpo_upper_max: Optional[float] = 10.0,
     ) -> None:
         super().__init__()
-        if policy_loss_type != "ppo":
-            raise ValueError(f"policy_loss_type must be 'ppo' for BandPOPolicyLoss, got {policy_loss_type!r}")
-        if is_correction_level != "off":
+        if policy_loss_type not in POLICY_LOSS_TYPES:
             raise ValueError(
-                f"is_correction_level must be 'off' for BandPOPolicyLoss (no rollout correction), "
-                f"got {is_correction_level!r}"
+                f"policy_loss_type must be 'ppo' for BandPOPolicyLoss, got {policy_loss_type!r} (BandPO bounds each "
+                f"token's ratio from that token's old probability; GSPO's ratio is one per sequence)"
             )
+        check_rollout_correction(is_correction_level, is_correction_mode, is_correction_gating, is_correction_threshold)
         check_number("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
+        if bandpo_clip_method not in CLIP_METHODS:
+            raise ValueError(f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}, got {bandpo_clip_method!r}")
         self.rule: BoundRule = make_rule(
-            clip_method, divergence=divergence, delta=delta, upper_max=upper_max,
+            bandpo_clip_method, divergence=bandpo_divergence, delta=bandpo_delta, upper_max=bandpo_upper_max,
             eps_low=clip_eps_low, eps_high=clip_eps_high,
         )
         self.dual_clip = dual_clip
         self.token_level_loss = token_level_loss
+        self.policy_loss_type = policy_loss_type
+        self.is_correction_level = is_correction_level
         self.is_correction_mode = is_correction_mode
         self.is_correction_gating = is_correction_gating
-        self.is_correction_threshold = is_correction_threshold
+        self.is_correction_threshold = tuple(is_correction_threshold)
         self.last_metrics: dict[str, Tensor] = {}
         """BandPO's clip metrics (:mod:`bandpo.metrics`) of the latest forward, as detached tensors."""
 
@@ -131,19 +271,30 @@ class BandPOPolicyLoss(nn.Module):
         dp_size: int = 1,
         batch_num_tokens: Optional[float] = None,
         global_batch_size: Optional[float] = None,
-    ) -> tuple[Tensor, Tensor, Tensor, None, None]:
-        """(loss, clip_ratio, ppo_kl, None, None) as OpenRLHF's PolicyLoss returns them with correction off.
+    ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio) as OpenRLHF's PolicyLoss returns them.
 
         ``clip_ratio`` is the share of valid tokens whose gradient the bounds cut, ``ppo_kl`` the mean of
-        log pi_old - log pi; ``rollout_log_probs`` is unused (correction off).
+        log pi_old - log pi; ``vllm_kl`` and ``is_filter_ratio`` (:class:`RolloutCorrection`) are None
+        with the correction off, and ``rollout_log_probs`` is then unused.
         """
         mask = torch.ones_like(log_probs) if action_mask is None else action_mask
         terms = policy_terms(log_probs, old_log_probs, advantages, mask, clip=self.rule, dual_clip=self.dual_clip)
+        loss_matrix = terms.loss_matrix
+        vllm_kl = is_filter_ratio = None
+        if self.is_correction_level != "off":
+            correction = rollout_correction(
+                terms.old_log_probs, rollout_log_probs, mask, level=self.is_correction_level,
+                mode=self.is_correction_mode, gating=self.is_correction_gating, threshold=self.is_correction_threshold,
+            )
+            loss_matrix = loss_matrix * correction.weights.to(loss_matrix.dtype)
+            vllm_kl, is_filter_ratio = correction.vllm_kl, correction.is_filter_ratio
         loss = global_aggregate(
-            terms.loss_matrix, terms.mask, self.token_level_loss, dp_size, batch_num_tokens, global_batch_size
+            loss_matrix, terms.mask, self.token_level_loss, dp_size, batch_num_tokens, global_batch_size
         )
         self.last_metrics = terms.metrics()
-        return loss, self.last_metrics["clip_ratio/region_mean"], self.last_metrics["policy/ppo_kl"], None, None
+        clip_ratio, ppo_kl = self.last_metrics["clip_ratio/region_mean"], self.last_metrics["policy/ppo_kl"]
+        return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
 
 def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> dict[str, object]:
@@ -157,7 +308,7 @@ def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> dict[s
     for name, (keyword, convert) in ENVIRONMENT_PARAMETERS.items():
         if name in environment:
             raw = environment[name]
-            if keyword == "upper_max" and raw.lower() in ("none", "null"):
+            if keyword == "bandpo_upper_max" and raw.lower() in ("none", "null"):
                 parameters[keyword] = None
                 continue
             try:

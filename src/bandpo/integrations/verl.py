@@ -1,13 +1,15 @@
 """BandPO policy losses for verl 0.9, registered through verl's own ``register_policy_loss``.
 
-Importing this module registers three ``actor_rollout_ref.actor.policy_loss.loss_mode`` values:
+Importing this module registers one ``actor_rollout_ref.actor.policy_loss.loss_mode``, ``bandpo``; its
+bound rule is the field ``bandpo_clip_method`` of :class:`BandPOPolicyLossConfig`:
 
-    bandpo        Band bounds (f-divergence trust region; published defaults kl, delta 0.05, cap 10)
-    bandpo_clip   PPO/GRPO fixed interval [1 - clip_ratio_low, 1 + clip_ratio_high]
-                  (GRPO 0.2 / 0.2, Clip-Higher 0.2 / 0.28) with BandPO's diagnostics
-    bandpo_dcpo   DCPO's adaptive interval from clip_ratio_low / clip_ratio_high
+    band          Band bounds (f-divergence trust region; published defaults kl, delta 0.05, cap 10)
+    band-relax    the band widened to contain [1 - clip_ratio_low, 1 + clip_ratio_high] (SPEC §9)
+    clip          PPO/GRPO fixed interval [1 - clip_ratio_low, 1 + clip_ratio_high]
+    clip-higher   the same rule (set clip_ratio_high = 0.28 for DAPO's Clip-Higher)
+    dcpo          DCPO's adaptive interval from clip_ratio_low / clip_ratio_high
 
-All three take verl's dual clip ``actor.clip_ratio_c``, its ``loss_agg_mode`` (aggregated by verl's own
+Every rule takes verl's dual clip ``actor.clip_ratio_c``, its ``loss_agg_mode`` (aggregated by verl's own
 ``agg_loss`` with ``actor.global_batch_info``, so the loss does not depend on data-parallel sharding or
 micro-batching) and its ``rollout_is_weights``.
 
@@ -21,6 +23,7 @@ BandPO's own parameters are fields of :class:`BandPOPolicyLossConfig`, a subclas
 ``PolicyLossConfig``; select it with ``_target_`` and set the fields with ``+``::
 
     actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig
+    +actor_rollout_ref.actor.policy_loss.bandpo_clip_method=band
     +actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1
 
 A misspelt field fails when verl builds the config (the dataclass has no such argument).
@@ -29,9 +32,8 @@ A misspelt field fails when verl builds the config (the dataclass has no such ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import torch
 from torch import Tensor
 from verl.trainer.ppo.core_algos import agg_loss, register_policy_loss
 from verl.workers.config import PolicyLossConfig
@@ -39,9 +41,10 @@ from verl.workers.config import PolicyLossConfig
 from bandpo.checks import check_number
 from bandpo.loss import PolicyTerms, policy_terms
 from bandpo.metrics import metrics_to_floats
-from bandpo.rules import DCPO, Band, BoundRule, FixedClip
+from bandpo.rules import CLIP_METHODS, Band, BoundRule, make_rule
 
-BANDPO_LOSS_MODES = ("bandpo", "bandpo_clip", "bandpo_dcpo")
+BANDPO_LOSS_MODE = "bandpo"
+"""The ``policy_loss.loss_mode`` this module registers."""
 
 VERL_METRIC_NAMES = {
     "clip_ratio/region_mean": "actor/pg_clipfrac",
@@ -53,21 +56,30 @@ VERL_METRIC_NAMES = {
 BANDPO_METRIC_PREFIX = "actor/bandpo/"
 
 
+def check_clip_method(clip_method: str) -> None:
+    if clip_method not in CLIP_METHODS:
+        raise ValueError(f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
+
+
 @dataclass
 class BandPOPolicyLossConfig(PolicyLossConfig):
     """verl's ``PolicyLossConfig`` plus BandPO's parameters (defaults: the published runs).
 
     Args:
+        bandpo_clip_method: the bound rule, one of :data:`bandpo.rules.CLIP_METHODS` (band | band-relax |
+            clip | clip-higher | dcpo); the fixed margins come from ``actor.clip_ratio_low/high``.
         bandpo_divergence: the f-divergence of the trust region (kl | tv | chi2 | reverse_kl | hellinger).
         bandpo_delta: its radius.
         bandpo_upper_max: cap on the upper ratio bound (also DCPO's cap); null for none.
     """
 
+    bandpo_clip_method: str = "band"
     bandpo_divergence: str = "kl"
     bandpo_delta: float = 0.05
     bandpo_upper_max: Optional[float] = 10.0
 
     def __post_init__(self) -> None:
+        check_clip_method(self.bandpo_clip_method)
         Band(divergence=self.bandpo_divergence, delta=self.bandpo_delta, upper_max=self.bandpo_upper_max)
 
 
@@ -83,21 +95,23 @@ def _clip_ratios(config: Any) -> tuple[float, float]:
     return low, high
 
 
-def bound_rule_from_config(loss_mode: str, config: Any) -> BoundRule:
-    """The bound rule that ``loss_mode`` (one of :data:`BANDPO_LOSS_MODES`) reads from verl's actor config."""
-    upper_max = _policy_loss_parameter(config, "bandpo_upper_max")
-    if loss_mode == "bandpo":
-        return Band(
-            divergence=_policy_loss_parameter(config, "bandpo_divergence"),
-            delta=_policy_loss_parameter(config, "bandpo_delta"),
-            upper_max=upper_max,
-        )
+def bound_rule_from_config(config: Any) -> BoundRule:
+    """The bound rule that ``policy_loss.bandpo_clip_method`` names, with its parameters from verl's actor config.
+
+    Band parameters come from ``policy_loss.bandpo_*`` (absent fields: the published defaults), the
+    margins of band-relax, clip, clip-higher and dcpo from ``clip_ratio_low`` / ``clip_ratio_high``.
+    """
+    clip_method = _policy_loss_parameter(config, "bandpo_clip_method")
+    check_clip_method(clip_method)
     eps_low, eps_high = _clip_ratios(config)
-    if loss_mode == "bandpo_clip":
-        return FixedClip(eps_low=eps_low, eps_high=eps_high)
-    if loss_mode == "bandpo_dcpo":
-        return DCPO(eps_low=eps_low, eps_high=eps_high, upper_max=upper_max)
-    raise ValueError(f"loss_mode must be one of {', '.join(BANDPO_LOSS_MODES)}, got {loss_mode!r}")
+    return make_rule(
+        clip_method,
+        divergence=_policy_loss_parameter(config, "bandpo_divergence"),
+        delta=_policy_loss_parameter(config, "bandpo_delta"),
+        upper_max=_policy_loss_parameter(config, "bandpo_upper_max"),
+        eps_low=eps_low,
+        eps_high=eps_high,
+    )
 
 
 def _dual_clip_from_config(config: Any) -> float:
@@ -116,20 +130,21 @@ def verl_metrics(terms: PolicyTerms) -> dict[str, float]:
     return metrics_to_floats(metrics)
 
 
-def compute_bandpo_policy_loss(
-    loss_mode: str,
+@register_policy_loss(BANDPO_LOSS_MODE)
+def compute_policy_loss_bandpo(
     old_log_prob: Tensor,
     log_prob: Tensor,
     advantages: Tensor,
     response_mask: Tensor,
-    loss_agg_mode: str,
-    config: Any,
-    rollout_is_weights: Tensor | None,
+    loss_agg_mode: str = "token-mean",
+    config: Any = None,
+    rollout_is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The clipped surrogate of ``loss_mode``'s rule, aggregated as verl aggregates its own losses."""
+    """verl policy loss ``bandpo``: the clipped surrogate of ``bandpo_clip_method``'s rule, aggregated as
+    verl aggregates its own losses (the keyword signature verl calls)."""
     if config is None:
         raise ValueError("config must be verl's actor config (ActorConfig), got None")
-    rule = bound_rule_from_config(loss_mode, config)
+    rule = bound_rule_from_config(config)
     dual_clip = _dual_clip_from_config(config)
     terms = policy_terms(log_prob, old_log_prob, advantages, response_mask, clip=rule, dual_clip=dual_clip)
     loss_matrix = terms.loss_matrix
@@ -139,30 +154,3 @@ def compute_bandpo_policy_loss(
         loss_mat=loss_matrix, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
     return loss, verl_metrics(terms)
-
-
-def _make_verl_policy_loss(loss_mode: str) -> Callable[..., tuple[Tensor, dict[str, float]]]:
-    """A policy loss with exactly the keyword signature verl calls, bound to ``loss_mode``."""
-
-    def policy_loss(
-        old_log_prob: Tensor,
-        log_prob: Tensor,
-        advantages: Tensor,
-        response_mask: Tensor,
-        loss_agg_mode: str = "token-mean",
-        config: Any = None,
-        rollout_is_weights: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        return compute_bandpo_policy_loss(
-            loss_mode, old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights
-        )
-
-    policy_loss.__name__ = f"compute_policy_loss_{loss_mode}"
-    policy_loss.__qualname__ = policy_loss.__name__
-    policy_loss.__doc__ = f"verl policy loss ``{loss_mode}``: see :func:`compute_bandpo_policy_loss`."
-    return policy_loss
-
-
-compute_policy_loss_bandpo = register_policy_loss("bandpo")(_make_verl_policy_loss("bandpo"))
-compute_policy_loss_bandpo_clip = register_policy_loss("bandpo_clip")(_make_verl_policy_loss("bandpo_clip"))
-compute_policy_loss_bandpo_dcpo = register_policy_loss("bandpo_dcpo")(_make_verl_policy_loss("bandpo_dcpo"))
