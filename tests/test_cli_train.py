@@ -64,7 +64,8 @@ def test_resume_after_a_hard_kill_drops_the_steps_logged_after_the_checkpoint(tm
 @pytest.mark.parametrize(
     "flags, yaml_text, message",
     [
-        (["--method", "ppo"], None, "invalid choice: 'ppo'"),
+        (["--clip-method", "ppo"], None, "invalid choice: 'ppo'"),
+        (["--method", "band"], None, "unrecognized arguments: --method"),
         (["--delta", "0"], None, "bandpo_delta must be"),
         (["--delta", "-0.1"], None, "bandpo_delta must be"),
         (["--model", "/nonexistent/model"], None, "local path /nonexistent/model not found"),
@@ -72,7 +73,10 @@ def test_resume_after_a_hard_kill_drops_the_steps_logged_after_the_checkpoint(tm
         (["--model", "no-such-org/no-such-model"], None, "neither a local path nor a cached hub model"),
         ([], "delta_band: 0.1\n", "unknown key 'delta_band'"),
         ([], "bandpo_delta: -1\n", "bandpo_delta must be a number in [1e-06, 1000]"),
-        ([], "clip_method: bandpo\n", "clip_method must be one of"),
+        ([], "bandpo_clip_method: bandpo\n", "bandpo_clip_method must be one of band, band-relax, clip"),
+        ([], "clip_method: band\n", "unknown key 'clip_method'"),
+        (["--clip-method", "band-relax"], "epsilon: 1.5\n", "epsilon must be a number in [0, 1), got 1.5"),
+        (["--clip-method", "band-relax"], "importance_sampling_level: sequence\n", "needs importance_sampling_level"),
         (["--resume"], None, "no checkpoint-"),
         (["--steps", "0"], None, "max_steps (--steps) must be >= 1, got 0"),
         ([], "max_steps: 0\n", "max_steps (--steps) must be >= 1, got 0"),
@@ -120,12 +124,60 @@ def test_missing_dataset_columns_fail_before_loading(tmp_path, tiny_model_dir, c
 
 def test_compare_writes_table_and_figure(tmp_path, tiny_model_dir):
     out = tmp_path / "cmp"
-    argv = ["--methods", "band", "clip", "--seeds", "0", "--model", tiny_model_dir, "--steps", "2", "--output-dir", str(out)]
+    argv = ["--clip-methods", "band", "band-relax", "--seeds", "0", "--model", tiny_model_dir, "--steps", "2",
+            "--output-dir", str(out)]
     assert compare.main(argv) == 0
     rows = json.loads((out / "table.json").read_text())
-    assert [row["method"] for row in rows] == ["band", "clip"]
-    assert "| band | 0 | 2 |" in (out / "table.md").read_text()
+    assert [row["method"] for row in rows] == ["band", "band-relax"]
+    text = (out / "table.md").read_text()
+    assert "| band | 0 | 2 |" in text and "| band-relax | 0 | 2 |" in text and "band − band-relax" in text
+    summary = json.loads((out / "band-relax-seed0" / "summary.json").read_text())
+    assert summary["method"] == "band-relax" and summary["settings"]["trainer_fields"]["clip_method"] == "band-relax"
     assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_compare_clip_methods_flag(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from bandpo.cli.main import build_parser
+
+    import bandpo.training.models as models
+
+    parser = build_parser()
+    assert parser.parse_args(["compare"]).clip_methods == ["band", "clip", "clip-higher", "dcpo"]
+    args = parser.parse_args(["compare", "--clip-methods", "band-relax", "clip", "--model", tiny_model_dir,
+                              "--output-dir", str(tmp_path / "cmp")])
+    assert args.clip_methods == ["band-relax", "clip"]
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda source: pytest.fail("model loaded"))
+    plan = args.configure(args)
+    configs = [prepared.config for prepared, _ in plan.runs]
+    assert [config.bandpo_clip_method for config in configs] == ["band-relax", "clip"]
+    assert configs[0].bound_rule().relax == (0.2, 0.28) and configs[0].epsilon_high == 0.28
+    assert [prepared.settings.output_dir.name for prepared, _ in plan.runs] == ["band-relax-seed0", "clip-seed0"]
+    for argv, message in [
+        (["--clip-methods", "ppo"], "invalid choice: 'ppo'"),
+        (["--methods", "band"], "unrecognized arguments: --methods"),
+    ]:
+        with pytest.raises(SystemExit):
+            parser.parse_args(["compare", *argv])
+        assert message in capsys.readouterr().err
+    argv = ["--clip-methods", "band", "band", "--model", tiny_model_dir, "--output-dir", str(tmp_path / "cmp")]
+    assert compare.main(argv) == 2
+    assert "--clip-methods lists band more than once" in capsys.readouterr().err
+
+
+def test_train_clip_method_flag(tmp_path, tiny_model_dir, monkeypatch):
+    from bandpo.cli.main import build_parser
+
+    import bandpo.training.models as models
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda source: pytest.fail("model loaded"))
+    args = build_parser().parse_args([
+        "train", "--clip-method", "band-relax", "--divergence", "tv", "--delta", "0.01", "--model", tiny_model_dir,
+        "--output-dir", str(tmp_path / "run"),
+    ])
+    prepared = args.configure(args)
+    rule = prepared.config.bound_rule()
+    assert (rule.divergence, rule.delta, rule.relax) == ("tv", 0.01, (0.2, 0.28))
+    assert train.describe_rule(prepared.config) == "band-relax (tv, delta 0.01, upper_max 10.0, relaxed to 0.2/0.28)"
 
 
 def test_study_preset_runs_every_method_over_three_seeds_on_one_held_out_set(tmp_path, tiny_model_dir, monkeypatch):
@@ -134,7 +186,7 @@ def test_study_preset_runs_every_method_over_three_seeds_on_one_held_out_set(tmp
     argv = ["--preset", "study", "--model", tiny_model_dir, "--steps", "2", "--output-dir", str(out)]
     assert compare.main(argv) == 0
     rows = json.loads((out / "table.json").read_text())
-    assert [(row["method"], row["seed"]) for row in rows] == [(m, s) for s in (0, 1, 2) for m in compare.METHODS]
+    assert [(row["method"], row["seed"]) for row in rows] == [(m, s) for s in (0, 1, 2) for m in compare.DEFAULT_CLIP_METHODS]
     required = {"accuracy_before", "accuracy_after", "pass_at_8_before", "pass_at_8_after", "entropy_last_quarter",
                 "clip_rate_off_policy", "low_p_high_share"}
     assert all(required <= set(row) and row["steps"] == 2 for row in rows)
@@ -151,7 +203,7 @@ def test_study_preset_runs_every_method_over_three_seeds_on_one_held_out_set(tmp
     }
     text = (out / "table.md").read_text()
     assert "mean ± sd" in text and "band − clip-higher" in text
-    for method in compare.METHODS:
+    for method in compare.DEFAULT_CLIP_METHODS:
         assert (out / f"{method}-seed2" / "metrics.jsonl").is_file()
 
     # Resuming retrains nothing: every run and the baseline are reused.
@@ -165,7 +217,7 @@ def test_study_preset_runs_every_method_over_three_seeds_on_one_held_out_set(tmp
 
 def test_compare_refuses_a_folder_holding_runs_with_other_settings(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "cmp"
-    common = ["--methods", "clip", "--model", tiny_model_dir, "--output-dir", str(out)]
+    common = ["--clip-methods", "clip", "--model", tiny_model_dir, "--output-dir", str(out)]
     assert compare.main(common + ["--steps", "1"]) == 0
     assert compare.main(common + ["--steps", "2"]) == 2
     assert "holds a finished run with other settings" in capsys.readouterr().err
@@ -173,7 +225,7 @@ def test_compare_refuses_a_folder_holding_runs_with_other_settings(tmp_path, tin
 
 def test_an_unfinished_run_is_trained_again(tmp_path, tiny_model_dir):
     out = tmp_path / "cmp"
-    argv = ["--methods", "clip", "--model", tiny_model_dir, "--steps", "1", "--output-dir", str(out)]
+    argv = ["--clip-methods", "clip", "--model", tiny_model_dir, "--steps", "1", "--output-dir", str(out)]
     assert compare.main(argv) == 0
     summary_path = out / "clip-seed0" / "summary.json"
     summary = json.loads(summary_path.read_text())

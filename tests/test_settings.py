@@ -1,5 +1,6 @@
 """Run settings: preset < YAML < flags, every value checked against its declared type and range."""
 
+import json
 import os
 from pathlib import Path
 
@@ -20,14 +21,54 @@ def yaml_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_layers_preset_then_yaml_then_flags(tmp_path):
-    config = yaml_file(tmp_path, "clip_method: dcpo\nmax_steps: 2\nnum_generations: 2\neval_problems: 7\n")
+    config = yaml_file(tmp_path, "bandpo_clip_method: dcpo\nmax_steps: 2\nnum_generations: 2\neval_problems: 7\n")
     settings = build_settings("fast", config, run_overrides={"eval_samples": 4, "model": None},
                               trainer_overrides={"max_steps": 3, "seed": None})
     fields = settings.trainer_fields
-    assert fields["clip_method"] == "dcpo" and fields["num_generations"] == 2  # YAML over preset
+    assert fields["bandpo_clip_method"] == "dcpo" and fields["num_generations"] == 2  # YAML over preset
     assert fields["max_steps"] == 3  # flags over YAML
     assert fields["seed"] == 42 and fields["steps_per_generation"] == 4  # None flags leave the layers below
     assert (settings.eval_problems, settings.eval_samples, settings.model) == (7, 4, "smollm2")
+
+
+def test_presets_compare_the_four_published_clip_methods():
+    assert run_settings.DEFAULT_CLIP_METHODS == ("band", "clip", "clip-higher", "dcpo")
+
+
+@pytest.mark.parametrize(
+    "preset, folder", [("study", "study"), ("fast", "compare-fast")], ids=["docs/study", "docs/compare-fast"]
+)
+def test_committed_comparison_runs_are_still_reused(preset, folder):
+    """The fingerprint keeps the recorded field names (clip_method, ...), so finished runs still match."""
+    from bandpo.training.comparison import finished_summary
+
+    runs = sorted((Path(__file__).parents[1] / "docs" / folder).glob("*-seed*"))
+    assert len(runs) >= 4
+    for run in runs:
+        clip_method, seed = run.name.rsplit("-seed", 1)
+        settings = build_settings(  # what plan_comparison builds for this run
+            preset,
+            run_overrides={"model": "smollm2", "held_out_seed": 0},
+            trainer_overrides={"bandpo_clip_method": clip_method, "seed": int(seed), "max_steps": None,
+                               "output_dir": str(run)},
+        )
+        assert settings.trainer_fields["bandpo_clip_method"] == clip_method
+        summary = finished_summary(settings)  # ValueError if the settings no longer match
+        assert summary is not None and summary["method"] == clip_method
+        assert summary["settings"]["trainer_fields"]["clip_method"] == clip_method
+
+
+def test_fingerprint_names_every_renamed_field_as_recorded(tmp_path):
+    settings = build_settings("fast", trainer_overrides={
+        "bandpo_clip_method": "band-relax", "bandpo_divergence": "tv", "bandpo_upper_max": 4.0,
+        "bandpo_dcpo_eps_low": 0.1, "bandpo_dcpo_eps_high": 0.3, "bandpo_delta": 0.01, "output_dir": str(tmp_path),
+    })
+    fields = json.loads(json.dumps(settings.fingerprint()))["trainer_fields"]
+    assert {key: fields[key] for key in ("clip_method", "divergence", "upper_max", "dcpo_eps_low", "dcpo_eps_high")} == {
+        "clip_method": "band-relax", "divergence": "tv", "upper_max": 4.0, "dcpo_eps_low": 0.1, "dcpo_eps_high": 0.3
+    }
+    assert fields["bandpo_delta"] == 0.01 and not any(key.startswith("bandpo_") and key != "bandpo_delta" for key in fields)
+    assert "output_dir" not in fields
 
 
 def test_every_preset_builds_a_valid_trainer_config():
@@ -62,6 +103,10 @@ def test_yaml_numbers_without_a_dot_are_read_as_floats(tmp_path):
         ("report_to: 5\n", "--config: report_to must be None or str or list"),
         ("bandpo_delta: true\n", "--config: bandpo_delta must be float, got True"),
         ("delta_band: 0.1\n", "unknown key 'delta_band'"),
+        ("clip_method: band\n", "unknown key 'clip_method': not a BandPOConfig/GRPOConfig field"),
+        ("clip_method: band\n", "(did you mean 'bandpo_clip_method'?)"),
+        ("upper_max: 5\n", "(did you mean 'bandpo_upper_max'?)"),
+        ("bandpo_upper_max: abc\n", "--config: bandpo_upper_max must be float or None, got 'abc'"),
         ("max_steps: 0\n", "max_steps (--steps) must be >= 1, got 0"),
         ("eval_problems: 0\n", "eval_problems (--eval-problems) must be >= 1, got 0"),
         ("eval_samples: -1\n", "eval_samples (--eval-samples) must be >= 0, got -1"),

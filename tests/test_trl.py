@@ -1,9 +1,11 @@
 """BandPOConfig / BandPOTrainer on a tiny Llama (no network)."""
 
+import functools
 import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,15 @@ from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from bandpo import Band, policy_loss  # noqa: E402
-from bandpo.integrations.trl import BandPOConfig, BandPOTrainer, never_off_policy  # noqa: E402
+from bandpo.integrations import trl as bandpo_trl  # noqa: E402
+from bandpo.integrations.trl import (  # noqa: E402
+    SUPPORTED_TRL,
+    BandPOConfig,
+    BandPOTrainer,
+    TRLCompatibilityError,
+    check_trl_version,
+    never_off_policy,
+)
 
 TESTS = Path(__file__).parent
 
@@ -52,16 +62,24 @@ def make_trainer(trainer_class, args, model=None, tokenizer=None):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"clip_method": "bandpo"}, "clip_method must be one of band, clip, clip-higher, dcpo"),
-        ({"divergence": "js"}, "divergence must be one of"),
+        ({"bandpo_clip_method": "bandpo"}, "bandpo_clip_method must be one of band, band-relax, clip, clip-higher, dcpo"),
+        ({"bandpo_divergence": "js"}, "bandpo_divergence must be one of"),
+        ({"bandpo_clip_method": "band-relax", "bandpo_divergence": "js"}, "bandpo_divergence must be one of"),
         ({"bandpo_delta": 0.0}, "bandpo_delta must be a number in [1e-06, 1000]"),
         ({"bandpo_delta": -1.0}, "bandpo_delta must be a number in [1e-06, 1000]"),
         ({"bandpo_delta": float("inf")}, "bandpo_delta must be a number in [1e-06, 1000], got inf"),
-        ({"upper_max": 0.5}, "upper_max must be None or a number >= 1"),
-        ({"clip_method": "dcpo", "dcpo_eps_low": -0.1}, "eps_low must be a finite number >= 0"),
+        ({"bandpo_upper_max": 0.5}, "bandpo_upper_max must be None or a number >= 1"),
+        ({"bandpo_clip_method": "dcpo", "bandpo_dcpo_eps_low": -0.1}, "bandpo_dcpo_eps_low must be a finite number >= 0"),
+        ({"bandpo_clip_method": "dcpo", "bandpo_dcpo_eps_high": "x"}, "bandpo_dcpo_eps_high must be a finite number >= 0"),
+        ({"bandpo_clip_method": "band-relax", "epsilon": 1.0}, "epsilon must be a number in [0, 1), got 1.0"),
+        ({"bandpo_clip_method": "clip", "epsilon_high": -0.1}, "epsilon_high must be a finite number >= 0"),
         ({"loss_type": "sapo"}, "loss_type 'sapo' does not clip the ratio"),
-        ({"loss_type": "cispo", "clip_method": "clip"}, "use trl.GRPOTrainer"),
+        ({"loss_type": "vespo"}, "loss_type 'vespo' does not clip the ratio"),
+        ({"loss_type": "cispo", "bandpo_clip_method": "clip"}, "use trl.GRPOTrainer"),
+        ({"loss_type": "cispo", "bandpo_clip_method": "clip-higher"}, "use trl.GRPOTrainer"),
         ({"importance_sampling_level": "sequence"}, "needs importance_sampling_level='token'"),
+        ({"importance_sampling_level": "sequence", "bandpo_clip_method": "band-relax"}, "needs importance_sampling_level"),
+        ({"importance_sampling_level": "sequence", "bandpo_clip_method": "dcpo"}, "needs importance_sampling_level"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, fields, message):
@@ -72,11 +90,53 @@ def test_bad_config_names_the_field(tmp_path, fields, message):
 def test_config_rules_and_defaults(tmp_path):
     band = BandPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS).bound_rule()
     assert isinstance(band, Band) and band.delta == 0.05 and band.divergence == "kl" and band.upper_max == 10.0
-    higher = BandPOConfig(output_dir=str(tmp_path), clip_method="clip-higher", **TINY_TRAINING_ARGS)
+    assert band.relax is None
+    higher = BandPOConfig(output_dir=str(tmp_path), bandpo_clip_method="clip-higher", **TINY_TRAINING_ARGS)
     assert higher.epsilon_high == 0.28
     lower, upper = higher.bound_rule().bounds(torch.tensor([-1.0]))
     assert lower.item() == pytest.approx(0.8) and upper.item() == pytest.approx(1.28)
     assert isinstance(BandPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS), GRPOConfig)
+
+
+def test_band_relax_takes_its_margins_from_epsilon_and_epsilon_high(tmp_path):
+    def rule(**fields):
+        return BandPOConfig(output_dir=str(tmp_path), bandpo_clip_method="band-relax", **TINY_TRAINING_ARGS, **fields)
+
+    default = rule(bandpo_divergence="tv", bandpo_delta=0.01, bandpo_upper_max=4.0)
+    assert default.epsilon_high == 0.28  # as clip-higher: DAPO's margin when epsilon_high is unset
+    relaxed = default.bound_rule()
+    assert isinstance(relaxed, Band) and relaxed.relax == (0.2, 0.28)
+    assert (relaxed.divergence, relaxed.delta, relaxed.upper_max) == ("tv", 0.01, 4.0)
+    assert rule(epsilon=0.1, epsilon_high=0.5).bound_rule().relax == (0.1, 0.5)
+    # tv's band at p = 0.5 is 1 -+ 0.02: the relax margins widen it; at p = 0.001 the band (capped at 4) is wider.
+    lower, upper = relaxed.bounds(torch.log(torch.tensor([0.5, 0.001], dtype=torch.float64)))
+    torch.testing.assert_close(lower, torch.tensor([0.8, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(upper, torch.tensor([1.28, 4.0], dtype=torch.float64))
+
+
+def test_old_field_names_are_unknown_to_trl_parser(tmp_path):
+    from trl import TrlParser
+
+    config = tmp_path / "old.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nuse_cpu: true\nbf16: false\nclip_method: band\nupper_max: 5\n")
+    with pytest.raises(ValueError, match=re.escape("Unknown arguments from config file: ['--clip_method', 'band', '--upper_max'")):
+        TrlParser((BandPOConfig,)).parse_args_and_config(args=["--config", str(config)])
+    with pytest.raises(TypeError, match="clip_method"):
+        BandPOConfig(output_dir=str(tmp_path), clip_method="band", **TINY_TRAINING_ARGS)
+
+
+def test_example_yaml_is_read_by_trl_parser(tmp_path):
+    """examples/trl/bandpo_qwen2.5-3b.yaml, as examples/trl/train_bandpo.py parses it (CPU overrides only)."""
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    example = TESTS.parent / "examples" / "trl" / "bandpo_qwen2.5-3b.yaml"
+    overrides = ["--bf16", "false", "--use_cpu", "true", "--output_dir", str(tmp_path)]
+    _, config, _ = TrlParser((ScriptArguments, BandPOConfig, ModelConfig)).parse_args_and_config(
+        args=["--config", str(example), *overrides]
+    )
+    assert (config.bandpo_clip_method, config.bandpo_divergence, config.bandpo_delta) == ("band", "kl", 0.05)
+    assert config.bandpo_upper_max == 10.0 and config.delta == 10.0 and config.loss_type == "grpo"
+    assert not never_off_policy(config)  # 64 micro-batches per generation, 16 per optimizer step
 
 
 def test_never_off_policy_follows_trl(tmp_path):
@@ -151,7 +211,7 @@ def test_fixed_clip_matches_trl(tmp_path, loss_type, beta):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shared = dict(TINY_TRAINING_ARGS, output_dir=str(tmp_path), loss_type=loss_type, beta=beta, num_iterations=2)
     ours = make_trainer(
-        BandPOTrainer, BandPOConfig(clip_method="clip-higher", epsilon=0.2, epsilon_high=0.28, **shared), model_dir, tokenizer
+        BandPOTrainer, BandPOConfig(bandpo_clip_method="clip-higher", epsilon=0.2, epsilon_high=0.28, **shared), model_dir, tokenizer
     )
     theirs = make_trainer(GRPOTrainer, GRPOConfig(epsilon=0.2, epsilon_high=0.28, **shared), model_dir, tokenizer)
     inputs = fixed_batch(theirs)
@@ -199,6 +259,209 @@ def test_band_loss_matches_core_policy_loss(tmp_path, loss_type, agg_mode):
     assert metrics["clip_ratio/region_mean"].item() > 0  # Band binds on this batch
 
 
+def record_epsilons_trl_sees(monkeypatch):
+    """Patches GRPOTrainer._compute_loss to keep copies of epsilon_low / epsilon_high as TRL reads them."""
+    seen = []
+    trl_compute_loss = GRPOTrainer._compute_loss
+
+    def recording(self, model, inputs):
+        seen.append(tuple(e.clone() if torch.is_tensor(e) else e for e in (self.epsilon_low, self.epsilon_high)))
+        return trl_compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", recording)
+    return seen
+
+
+def test_band_relax_epsilons_trl_sees_are_the_relaxed_band(tmp_path, monkeypatch):
+    trainer = make_trainer(
+        BandPOTrainer,
+        BandPOConfig(
+            output_dir=str(tmp_path), bandpo_clip_method="band-relax", bandpo_delta=0.001, bandpo_upper_max=1.35,
+            num_iterations=2, **TINY_TRAINING_ARGS,
+        ),
+    )
+    inputs = fixed_batch(trainer)
+    seen = record_epsilons_trl_sees(monkeypatch)
+    loss_and_gradients(trainer, inputs)
+    (epsilon_low, epsilon_high), = seen
+    valid = inputs["completion_mask"] > 0
+    band_lower, band_upper = Band("kl", 0.001, 1.35).bounds(inputs["old_per_token_logps"][valid])
+    expected_lower = band_lower.clamp(max=0.8)
+    expected_upper = band_upper.clamp(min=1.28).clamp(max=1.35)
+    torch.testing.assert_close(1 - epsilon_low[valid], expected_lower, rtol=0, atol=1e-6)
+    torch.testing.assert_close(1 + epsilon_high[valid], expected_upper, rtol=0, atol=1e-6)
+    # Each side has tokens where the band decides and tokens where the relax margin does.
+    assert (band_lower < 0.8).any() and (band_lower > 0.8).any()
+    assert ((band_upper > 1.28) & (band_upper < 1.35)).any() and (band_upper < 1.28).any()
+    assert (upper_capped := band_upper >= 1.35).any() and torch.all(expected_upper[upper_capped] == 1.35)
+    assert trainer._metrics["train"]["clip_ratio/region_mean"][0] > 0
+
+
+# --- the per-call guard: a TRL that does not apply the bounds stops training ---------------------
+
+
+def guard_trainer(tmp_path, **fields):
+    args = dict(TINY_TRAINING_ARGS, output_dir=str(tmp_path), num_iterations=2, bandpo_delta=1e-4)
+    return make_trainer(BandPOTrainer, BandPOConfig(**{**args, **fields}))
+
+
+def trl_with_scalar_epsilons(monkeypatch):
+    """A TRL whose loss ignores the per-token epsilons: it resets them to the config's scalars first."""
+    trl_compute_loss = GRPOTrainer._compute_loss
+
+    def ignoring_bandpo(self, model, inputs):
+        self.epsilon_low = self.args.epsilon
+        self.epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
+        return trl_compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", ignoring_bandpo)
+
+
+def assert_names_versions(error, verdict="did not apply"):
+    message = str(error.value)
+    assert f"TRL {bandpo_trl.trl.__version__}" in message and SUPPORTED_TRL in message
+    assert f"{verdict} the per-token ratio bounds of bandpo_clip_method='band'" in message
+
+
+def test_trl_ignoring_the_per_token_epsilons_stops_training(tmp_path, monkeypatch):
+    # num_iterations 2: the second update of each generation is off-policy, where the band binds.
+    trainer = guard_trainer(tmp_path, learning_rate=1e-1, max_steps=6)
+    trl_with_scalar_epsilons(monkeypatch)
+    with pytest.raises(TRLCompatibilityError) as error:
+        trainer.train()
+    assert_names_versions(error)
+    assert "its clamp used other bounds" in str(error.value)
+    # On-policy updates (ratio 1: nothing clips under either interval) pass; the first off-policy update
+    # after a generation with a gradient (the first has no reward variance here) raises.
+    assert 1 <= trainer.state.global_step < 6
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "cispo"])
+def test_trl_ignoring_the_per_token_epsilons_is_caught_on_one_batch(tmp_path, monkeypatch, loss_type):
+    trainer = guard_trainer(tmp_path, loss_type=loss_type)
+    inputs = fixed_batch(trainer)
+    trl_with_scalar_epsilons(monkeypatch)
+    with pytest.raises(TRLCompatibilityError) as error:
+        loss_and_gradients(trainer, inputs)
+    assert_names_versions(error)
+    metric = "cispo_clip_ratio" if loss_type == "cispo" else r"clip_ratio/(low|high|region)_mean"
+    assert re.search(f"TRL logged {metric} = ", str(error.value))
+    assert trainer.epsilon_low == 0.2 and trainer.epsilon_high == 0.2  # scalars restored even so
+
+
+def test_a_log_prob_path_other_than_trls_method_is_caught(tmp_path, monkeypatch):
+    """A TRL computing the loss's log-probs elsewhere (a fused loss, say): the capture never fires."""
+    trainer = guard_trainer(tmp_path)
+    inputs = fixed_batch(trainer)
+    trl_compute_loss = GRPOTrainer._compute_loss
+
+    def fused_elsewhere(self, model, inputs):
+        self._get_per_token_logps_and_entropies = functools.partial(GRPOTrainer._get_per_token_logps_and_entropies, self)
+        try:
+            return trl_compute_loss(self, model, inputs)
+        finally:
+            del self._get_per_token_logps_and_entropies
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", fused_elsewhere)
+    with pytest.raises(TRLCompatibilityError, match=r"log-probabilities 0 time\(s\)") as error:
+        loss_and_gradients(trainer, inputs)
+    assert_names_versions(error)
+
+    def twice(self, model, inputs):
+        self._get_per_token_logps_and_entropies(
+            model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), inputs["completion_ids"].size(1),
+        )
+        return trl_compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", twice)
+    with pytest.raises(TRLCompatibilityError, match=r"log-probabilities 2 time\(s\)"):
+        loss_and_gradients(trainer, inputs)
+
+
+def test_trl_not_logging_its_clip_counts_is_caught(tmp_path, monkeypatch):
+    trainer = guard_trainer(tmp_path)
+    inputs = fixed_batch(trainer)
+    trl_compute_loss = GRPOTrainer._compute_loss
+
+    def silent(self, model, inputs):
+        loss = trl_compute_loss(self, model, inputs)
+        self._metrics["train"]["clip_ratio/high_mean"].pop()
+        return loss
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", silent)
+    with pytest.raises(TRLCompatibilityError, match=r"logged 0 value\(s\) of clip_ratio/high_mean") as error:
+        loss_and_gradients(trainer, inputs)
+    assert_names_versions(error, verdict="gave no way to check that it applied")
+
+
+@pytest.mark.parametrize("clip_method", ["band", "band-relax", "dcpo", "clip"])
+def test_guard_passes_whatever_trl_options_surround_the_clip(tmp_path, clip_method):
+    """No false alarm: dual clip below the ratios (TRL counts min(r, delta)), entropy mask, off-policy
+    mask, the eval path, bounds capped at delta."""
+    trainer = guard_trainer(
+        tmp_path, bandpo_clip_method=clip_method, delta=1.3, bandpo_upper_max=1.3, top_entropy_quantile=0.5,
+        off_policy_mask_threshold=0.1,
+    )
+    inputs = fixed_batch(trainer)
+    loss_and_gradients(trainer, inputs)
+    log_probs, _, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+        torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), inputs["completion_ids"].size(1),
+    )
+    ratio = torch.exp(log_probs.detach() - inputs["old_per_token_logps"])
+    positive = inputs["advantages"].unsqueeze(1).expand_as(ratio) > 0
+    assert (ratio[positive & (inputs["completion_mask"] > 0)] > 1.3).any()  # the dual clip's min(r, delta) matters
+    assert trainer._metrics["train"]["clip_ratio/region_mean"][-1] > 0
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer._compute_loss(trainer.model, inputs)
+    assert len(trainer._metrics["eval"]["clip_ratio/region_mean"]) == 1
+
+
+# --- the supported TRL versions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.16.0", "1.16.3", "1.16.1.dev0", "1.16.0+local"])
+def test_supported_trl_versions_pass(version):
+    check_trl_version(version, allow_untested=False)
+
+
+@pytest.mark.parametrize("version", ["1.17.0", "1.17.0.dev0", "1.15.2", "2.0.0", "1.16.0rc1", "not-a-version"])
+def test_unsupported_trl_versions_are_refused_or_warned(version, monkeypatch):
+    monkeypatch.delenv("BANDPO_ALLOW_UNTESTED_TRL", raising=False)
+    with pytest.raises(ImportError) as error:
+        check_trl_version(version)
+    assert f"supports TRL {SUPPORTED_TRL}, but TRL {version} is installed" in str(error.value)
+    assert "BANDPO_ALLOW_UNTESTED_TRL=1" in str(error.value)
+    monkeypatch.setenv("BANDPO_ALLOW_UNTESTED_TRL", "1")
+    with pytest.warns(RuntimeWarning, match=f"TRL {re.escape(version)} is installed.*still checks"):
+        check_trl_version(version)
+
+
+def test_importing_the_integration_checks_the_installed_trl():
+    script = (
+        "import warnings, trl\n"
+        "trl.__version__ = '1.17.0'\n"
+        "try:\n"
+        "    import bandpo.integrations.trl\n"
+        "except ImportError as error:\n"
+        "    print('REFUSED:', error)\n"
+        "import os\n"
+        "os.environ['BANDPO_ALLOW_UNTESTED_TRL'] = '1'\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import bandpo.integrations.trl as integration\n"
+        "print('IMPORTED:', integration.BandPOTrainer.__name__, [str(w.message) for w in caught if w.category is RuntimeWarning])\n"
+    )
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    environment.pop("BANDPO_ALLOW_UNTESTED_TRL", None)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=environment)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"REFUSED: bandpo.integrations.trl supports TRL {SUPPORTED_TRL}, but TRL 1.17.0 is installed" in completed.stdout
+    assert "IMPORTED: BandPOTrainer" in completed.stdout and "still checks" in completed.stdout
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -219,13 +482,20 @@ def test_band_bounds_bind_when_training_off_policy(tmp_path):
     assert logs[0]["clip_ratio/region_mean"] == 0
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (not torch.distributed's default 29500, which a concurrent run may hold)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_accelerate_run(tmp_path):
     pytest.importorskip("accelerate")
     command = [
         # accelerate 1.15 runs `--cpu` through its single-process launcher; `--multi_gpu` on a machine
         # without GPUs starts 2 torchrun processes that train on CPU over gloo.
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(TESTS / "trl_two_process_script.py"), str(tmp_path),
     ]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1] / "src"))

@@ -1,8 +1,11 @@
-"""``bandpo compare``: several ratio-bound rules over several seeds at one budget; one table, one figure.
+"""``bandpo compare``: several clip methods (ratio-bound rules) over several seeds at one budget; one
+table, one figure.
 
 Runs are resumable: the same command after an interruption reuses every finished run (see
 :mod:`bandpo.training.comparison`). Presets: ``fast`` (one seed, about a minute per method),
-``default``, and ``study`` (three seeds in the paper's update regime; ``docs/study``).
+``default``, and ``study`` (three seeds in the paper's update regime; ``docs/study``). Every preset
+compares the four published clip methods unless ``--clip-methods`` says otherwise (``band-relax``
+too is accepted).
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bandpo.rules import METHODS
-from bandpo.training.settings import PRESETS
+from bandpo.rules import CLIP_METHODS
+from bandpo.training.settings import DEFAULT_CLIP_METHODS, PRESETS
 
 STUDY_SEEDS = [0, 1, 2]
 """Seeds of --preset study when --seeds is not given (other presets: seed 0)."""
@@ -20,7 +23,10 @@ STUDY_SEEDS = [0, 1, 2]
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``bandpo compare``."""
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--clip-methods", nargs="+", choices=CLIP_METHODS, default=list(DEFAULT_CLIP_METHODS),
+                        metavar="CLIP_METHOD",
+                        help=f"ratio-bound rules to compare, of {', '.join(CLIP_METHODS)} "
+                             f"(default: {' '.join(DEFAULT_CLIP_METHODS)})")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 for --preset study, else 0")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
     parser.add_argument("--model", default="smollm2", help="as for bandpo train")
@@ -36,8 +42,12 @@ def configure_compare(args: argparse.Namespace):
     from bandpo.training.comparison import plan_comparison
 
     seeds = args.seeds if args.seeds is not None else STUDY_SEEDS if args.preset == "study" else [0]
+    for flag, values in (("--clip-methods", args.clip_methods), ("--seeds", seeds)):
+        repeated = sorted({str(value) for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"{flag} lists {', '.join(repeated)} more than once (each run has one folder)")
     return plan_comparison(
-        args.preset, args.methods, seeds, args.output_dir, model=args.model, config=args.config,
+        args.preset, args.clip_methods, seeds, args.output_dir, model=args.model, config=args.config,
         steps=args.steps, held_out_seed=args.held_out_seed,
     )
 

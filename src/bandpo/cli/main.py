@@ -1,7 +1,8 @@
 """The ``bandpo`` command: ``bounds``, ``train`` and ``compare``.
 
 Each subcommand is a pair: ``configure(args)`` checks the flags and returns what to do, raising
-ValueError for a bad configuration (reported here, once, with exit status 2); ``run(plan)`` does it.
+ValueError for a bad configuration, or ImportError for a missing or unsupported optional dependency
+(TRL), both reported here, once, with exit status 2; ``run(plan)`` does it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", add_train_arguments, configure_train, run_train,
          "train a model with BandPO through TRL (offline default)"),
         ("compare", add_compare_arguments, configure_compare, run_compare,
-         "compare methods and seeds on the same task and budget (resumable)"),
+         "compare clip methods and seeds on the same task and budget (resumable)"),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(command)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         plan = args.configure(args)
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         print(f"bandpo {args.command}: error: {error}", file=sys.stderr)
         return 2
     return args.run(plan)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bandpo.divergences import DIVERGENCES
-from bandpo.rules import METHODS
+from bandpo.rules import CLIP_METHODS
 from bandpo.training.settings import PRESETS
 
 
@@ -28,9 +28,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--split", help="dataset split (hub datasets; default train)")
     parser.add_argument("--prompt-column", help="prompt column of --dataset (default prompt)")
     parser.add_argument("--answer-column", help="answer column of --dataset (default answer)")
-    parser.add_argument("--method", choices=METHODS, help="ratio-bound rule (default band)")
-    parser.add_argument("--divergence", choices=sorted(DIVERGENCES), help="Band's f-divergence (default kl)")
-    parser.add_argument("--delta", type=float, help="Band's trust-region radius (> 0; default 0.05)")
+    parser.add_argument("--clip-method", choices=CLIP_METHODS, help="ratio-bound rule (default band)")
+    parser.add_argument("--divergence", choices=sorted(DIVERGENCES),
+                        help="f-divergence of band and band-relax (default kl)")
+    parser.add_argument("--delta", type=float, help="trust-region radius of band and band-relax (> 0; default 0.05)")
     parser.add_argument("--steps", type=int, help="optimizer steps (max_steps)")
     parser.add_argument("--eval-problems", type=int, help="held-out problems evaluated before and after")
     parser.add_argument("--eval-samples", type=int, help="k samples per held-out problem for pass@k (0: greedy only)")
@@ -53,7 +54,7 @@ def configure_train(args: argparse.Namespace):
             "answer_column": args.answer_column, "eval_problems": args.eval_problems, "eval_samples": args.eval_samples,
         },
         trainer_overrides={
-            "clip_method": args.method, "divergence": args.divergence, "bandpo_delta": args.delta,
+            "bandpo_clip_method": args.clip_method, "bandpo_divergence": args.divergence, "bandpo_delta": args.delta,
             "max_steps": args.steps, "seed": args.seed,
             "output_dir": None if args.output_dir is None else str(args.output_dir),
         },
@@ -64,18 +65,21 @@ def configure_train(args: argparse.Namespace):
 
 def describe_rule(config) -> str:
     """The bound rule with its parameters, as the trainer uses them."""
-    if config.clip_method == "band":
-        return f"band ({config.divergence}, delta {config.bandpo_delta}, upper_max {config.upper_max})"
-    if config.clip_method == "dcpo":
-        return f"dcpo ({config.dcpo_eps_low}/{config.dcpo_eps_high}, upper_max {config.upper_max})"
-    return f"{config.clip_method} ({config.epsilon}/{config.epsilon_high if config.epsilon_high is not None else config.epsilon})"
+    method = config.bandpo_clip_method
+    eps_low, eps_high = config.fixed_margins()
+    if method in ("band", "band-relax"):
+        band = f"{method} ({config.bandpo_divergence}, delta {config.bandpo_delta}, upper_max {config.bandpo_upper_max}"
+        return band + (f", relaxed to {eps_low}/{eps_high})" if method == "band-relax" else ")")
+    if method == "dcpo":
+        return f"dcpo ({config.bandpo_dcpo_eps_low}/{config.bandpo_dcpo_eps_high}, upper_max {config.bandpo_upper_max})"
+    return f"{method} ({eps_low}/{eps_high})"
 
 
 def format_summary(result, prepared) -> str:
     """The one-screen summary printed at the end of ``bandpo train``."""
     lines = [
         "=" * 72,
-        f"bandpo train  model={prepared.settings.model}  method={describe_rule(prepared.config)}  seed={result.seed}",
+        f"bandpo train  model={prepared.settings.model}  clip_method={describe_rule(prepared.config)}  seed={result.seed}",
         f"steps {result.steps}   wall time {result.wall_seconds / 60:.1f} min",
     ]
     if result.interrupted:

@@ -30,7 +30,8 @@ from bandpo.training.run import (
 from bandpo.training.settings import RunSettings, build_settings
 
 REFERENCE_METHOD = "band"
-BASELINES = ("clip-higher", "clip", "dcpo")
+BASELINES = ("clip-higher", "clip", "dcpo", "band-relax")
+"""Clip methods that band is differenced against, when the comparison has them."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def finished_summary(settings: RunSettings) -> dict | None:
 
 def plan_comparison(
     preset: str,
-    methods: list[str],
+    clip_methods: list[str],
     seeds: list[int],
     output_dir: Path,
     model: str = "smollm2",
@@ -72,17 +73,17 @@ def plan_comparison(
     steps: int | None = None,
     held_out_seed: int = 0,
 ) -> ComparisonPlan:
-    """Every (seed, method) run validated, and matched against earlier results, before anything is
-    loaded; run ``method-seed<seed>`` lives in ``output_dir / f"{method}-seed{seed}"``."""
+    """Every (seed, clip method) run validated, and matched against earlier results, before anything is
+    loaded; the run of ``clip_method`` and ``seed`` lives in ``output_dir / f"{clip_method}-seed{seed}"``."""
     runs = []
     for seed in seeds:
-        for method in methods:
+        for clip_method in clip_methods:
             settings = build_settings(
                 preset,
                 config,
                 run_overrides={"model": model, "held_out_seed": held_out_seed},
-                trainer_overrides={"clip_method": method, "seed": seed, "max_steps": steps,
-                                   "output_dir": str(output_dir / f"{method}-seed{seed}")},
+                trainer_overrides={"bandpo_clip_method": clip_method, "seed": seed, "max_steps": steps,
+                                   "output_dir": str(output_dir / f"{clip_method}-seed{seed}")},
             )
             runs.append((prepare_run(settings), finished_summary(settings)))
     title = f"bandpo compare: {model}, preset {preset}, {len(seeds)} seed(s)"
@@ -138,14 +139,14 @@ def run_comparison(plan: ComparisonPlan) -> tuple[str, Path]:
         if summary is None:
             if before is None:
                 before = base_evaluation(plan.output_dir, prepared)
-            print(f"== {config.clip_method} seed {config.seed}", flush=True)
+            print(f"== {config.bandpo_clip_method} seed {config.seed}", flush=True)
             summary = execute_run(prepared, before=before).to_json()
         else:
-            print(f"== {config.clip_method} seed {config.seed}: finished earlier, reused", flush=True)
+            print(f"== {config.bandpo_clip_method} seed {config.seed}: finished earlier, reused", flush=True)
         records = read_metrics(prepared.settings.output_dir / "metrics.jsonl")
         generate_every = config.steps_per_generation * config.num_iterations
         rows.append(statistics.run_row(summary, records, generate_every, config.gradient_accumulation_steps))
-        curves.setdefault(config.clip_method, []).append(records)
+        curves.setdefault(config.bandpo_clip_method, []).append(records)
     markdown, report = comparison_report(rows, plan.runs[0][0].settings.eval_samples, plan.title)
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     (plan.output_dir / "table.md").write_text(markdown)

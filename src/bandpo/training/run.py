@@ -203,10 +203,10 @@ def execute_run(prepared: PreparedRun, quiet: bool = False, before: EvalResult |
     after = None if interrupt.interrupted else evaluate_held_out(model, tokenizer, prepared)
     records = read_metrics(metrics_path)
     if records:
-        plot_training(records, settings.output_dir / "training.png", f"{settings.model} {config.clip_method}")
+        plot_training(records, settings.output_dir / "training.png", f"{settings.model} {config.bandpo_clip_method}")
     result = RunResult(
         output_dir=str(settings.output_dir),
-        method=config.clip_method,
+        method=config.bandpo_clip_method,
         seed=config.seed,
         steps=trainer.state.global_step,
         accuracy_before=before.accuracy,

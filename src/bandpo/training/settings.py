@@ -8,6 +8,7 @@ output folder, optional engines) is checked here, before any model or dataset is
 
 from __future__ import annotations
 
+import difflib
 import enum
 import importlib.util
 import json
@@ -57,6 +58,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 """Recipes: GRPOConfig fields and run keys."""
+DEFAULT_CLIP_METHODS = ("band", "clip", "clip-higher", "dcpo")
+"""The clip methods ``bandpo compare`` runs unless told otherwise, with every preset: the four of the
+published study (docs/study), in its order, so that it stays resumable. band-relax is opt-in."""
 COMMON_SETTINGS: dict[str, Any] = {
     "temperature": 1.0,
     "beta": 0.0,
@@ -85,6 +89,15 @@ RUN_KEYS = {
     "held_out_seed": "held_out_seed",
 }
 """YAML keys (TRL script style) that are not GRPOConfig fields, and the RunSettings field each sets."""
+FINGERPRINT_NAMES = {
+    "bandpo_clip_method": "clip_method",
+    "bandpo_divergence": "divergence",
+    "bandpo_upper_max": "upper_max",
+    "bandpo_dcpo_eps_low": "dcpo_eps_low",
+    "bandpo_dcpo_eps_high": "dcpo_eps_high",
+}
+"""BandPOConfig fields renamed after runs were recorded, and the name a run's fingerprint keeps for each:
+the fingerprint is an on-disk format, so finished runs (docs/study) still match after the rename."""
 
 
 @dataclass
@@ -114,8 +127,13 @@ class RunSettings:
         return {**key, "max_completion_length": self.trainer_fields.get("max_completion_length")}
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that decide a run's outcome, as JSON: a finished run is reused only if they match."""
-        fields = {key: value for key, value in self.trainer_fields.items() if key != "output_dir"}
+        """The settings that decide a run's outcome, as JSON: a finished run is reused only if they match.
+
+        Trainer fields appear under their recorded names (:data:`FINGERPRINT_NAMES`).
+        """
+        fields = {
+            FINGERPRINT_NAMES.get(key, key): value for key, value in self.trainer_fields.items() if key != "output_dir"
+        }
         return json.loads(json.dumps({**self.evaluation_key(), "trainer_fields": fields}, default=str))
 
 
@@ -230,8 +248,10 @@ def build_settings(
             elif key in trainer_types:
                 trainer_values[key] = checked_value(source, key, value, trainer_types[key])
             else:
+                close = difflib.get_close_matches(str(key), [*trainer_types, *RUN_KEYS], n=1)
                 raise ValueError(
                     f"{source}: unknown key {key!r}: not a BandPOConfig/GRPOConfig field nor one of {', '.join(RUN_KEYS)}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
                 )
 
     apply(f"preset {preset}", PRESETS[preset], yaml_keys=True)
