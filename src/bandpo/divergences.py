@@ -8,7 +8,7 @@ Built in: ``kl`` (the paper's forward KL(pi_old || pi_new), f(u) = -log u + u - 
 (f(u) = |u - 1| / 2), ``chi2`` (Pearson, f(u) = (u - 1)^2), ``reverse_kl``
 (f(u) = u log u - u + 1) and ``hellinger`` (squared, f(u) = (sqrt(u) - 1)^2). Closed forms where
 they exist, fixed-length Halley iterations for ``kl`` and ``reverse_kl``, and the generic solver of
-:mod:`bandpo.shrink` for any user-defined generator:
+`bandpo.shrink` for any user-defined generator:
 
     >>> import math, torch, bandpo
     >>> js = bandpo.Divergence(  # Jensen-Shannon; lim f(x)/x decides the bound at p = 1 exactly
@@ -49,7 +49,7 @@ GENERIC_ITERATIONS = 80
 
 @dataclass(frozen=True)
 class Divergence:
-    """An f-divergence usable by :func:`bandpo.band`.
+    """An f-divergence usable by `bandpo.band`.
 
     Args:
         name: short identifier shown in errors, metrics and plots.
@@ -59,7 +59,7 @@ class Divergence:
         derivative: f'; obtained by autograd from ``generator`` when omitted.
         slope_at_infinity: lim_{x -> inf} f(x) / x, the cost of moving mass onto an outcome of
             probability 0 (decides the bound at p = 1 exactly; +inf for chi2-like generators).
-        shrink: a solver of the one-sided problem (see :mod:`bandpo.shrink`).
+        shrink: a solver of the one-sided problem (see `bandpo.shrink`).
         perspective: (b, y, log b) -> (b f(y / b), f'(y / b)) for the generic solver, written to
             stay finite when y / b overflows; formed from f and f' when omitted.
         bounds: a direct (lower, upper) formula from old log-probabilities.

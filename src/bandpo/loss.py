@@ -5,7 +5,7 @@ Per valid token t with advantage A_t, ratio r_t = exp(log pi - log pi_old) and a
     loss_t = max(-A_t r_t, -A_t clip(r_t, l_t, u_t))        (no gradient through l_t, u_t)
     dual clip c > 1, for A_t < 0:  loss_t = min(loss_t, -c A_t)
 
-then aggregated over the batch (:mod:`bandpo.aggregation`).
+then aggregated over the batch (`bandpo.aggregation`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PolicyTerms(NamedTuple):
     dual_clip: float | None
 
     def metrics(self, entropy: Tensor | None = None) -> dict[str, Tensor]:
-        """:func:`bandpo.metrics.clip_metrics` of these terms (with the dual-clip share when it is on)."""
+        """`bandpo.metrics.clip_metrics` of these terms (with the dual-clip share when it is on)."""
         return clip_metrics(
             ratio=self.ratio, lower=self.lower, upper=self.upper, advantages=self.advantages,
             old_log_probs=self.old_log_probs, log_probs=self.log_probs.detach(), mask=self.mask, entropy=entropy,
@@ -116,7 +116,7 @@ def policy_terms(
     clip: BoundRule,
     dual_clip: float | None = None,
 ) -> PolicyTerms:
-    """The front half every engine shares (:func:`policy_loss`, verl, OpenRLHF): validate the
+    """The front half every engine shares (`policy_loss`, verl, OpenRLHF): validate the
     inputs, the rule and ``dual_clip``, read padding as p = 1 with ratio 1 (it may hold any value,
     -inf included, and then contributes 0 to the loss, its gradient and the metrics), broadcast (B,)
     advantages, and form the clipped surrogate. Engines differ only in how they aggregate."""
@@ -166,7 +166,7 @@ def policy_loss(
 
     Returns:
         (loss, metrics): the scalar loss and a dict of detached 0-d tensors
-        (:func:`bandpo.metrics.metrics_to_floats` turns them into floats).
+        (`bandpo.metrics.metrics_to_floats` turns them into floats).
     """
     check_loss_agg_mode(loss_agg_mode)
     terms = policy_terms(log_probs, old_log_probs, advantages, mask, clip=clip, dual_clip=dual_clip)

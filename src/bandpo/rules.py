@@ -23,7 +23,7 @@ from bandpo.checks import check_number
 from bandpo.divergences import Divergence, get_divergence
 
 CLIP_METHODS = ("band", "band-relax", "clip", "clip-higher", "dcpo")
-"""Names of the built-in rules, for :func:`make_rule` and every integration's ``clip_method``."""
+"""Names of the built-in rules, for `make_rule` and every integration's ``clip_method``."""
 
 
 @runtime_checkable
@@ -35,7 +35,7 @@ class BoundRule(Protocol):
 
 @dataclass(frozen=True)
 class Band:
-    """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see :func:`bandpo.band`,
+    """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see `bandpo.band`,
     which also documents ``validate`` and ``kernel``).
 
     ``relax=(eps_low, eps_high)`` is the relax variant of the published code (SPEC §9): the band
@@ -143,7 +143,7 @@ def make_rule(
     eps_low: float | None = None,
     eps_high: float | None = None,
 ) -> BoundRule:
-    """The rule named ``clip_method`` (one of :data:`CLIP_METHODS`) with the published defaults.
+    """The rule named ``clip_method`` (one of `CLIP_METHODS`) with the published defaults.
 
     Defaults: band kl / 0.05 / upper_max 10; band-relax the same, relaxed to 0.2 / 0.28;
     clip 0.2 / 0.2; clip-higher 0.2 / 0.28; dcpo 0.16 / 0.20 / upper_max 10. ``eps_*`` override

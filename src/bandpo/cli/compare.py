@@ -2,7 +2,7 @@
 table, one figure.
 
 Runs are resumable: the same command after an interruption reuses every finished run (see
-:mod:`bandpo.training.comparison`). Presets: ``fast`` (one seed, about a minute per method),
+`bandpo.training.comparison`). Presets: ``fast`` (one seed, about a minute per method),
 ``default``, and ``study`` (three seeds in the paper's update regime; ``docs/study``). Every preset
 compares the four published clip methods unless ``--clip-methods`` says otherwise (``band-relax``
 too is accepted).

@@ -1,6 +1,6 @@
 """A drop-in for OpenRLHF 0.11's ``openrlhf.models.PolicyLoss`` with BandPO's bounds.
 
-:class:`BandPOPolicyLoss` takes PolicyLoss's constructor arguments (``clip_eps_low``/``clip_eps_high``
+`BandPOPolicyLoss` takes PolicyLoss's constructor arguments (``clip_eps_low``/``clip_eps_high``
 are the margins of the ``clip``/``clip-higher``/``band-relax``/``dcpo`` rules), plus keyword-only
 ``bandpo_clip_method``, ``bandpo_divergence``, ``bandpo_delta`` and ``bandpo_upper_max``; its ``forward``
 has PolicyLoss's signature and returns the same tuple ``(loss, clip_ratio, ppo_kl, vllm_kl,
@@ -9,12 +9,12 @@ is_filter_ratio)``.
 Supported: PPO-style token ratios (``policy_loss_type="ppo"``) with any bound rule, and OpenRLHF's
 train/rollout importance-sampling correction (``is_correction_level`` token | seq, ``is_correction_mode``
 mask | clip, ``is_correction_gating`` ratio | binary_kl | tv, ``is_correction_threshold``) applied as
-OpenRLHF applies it (:func:`rollout_correction`). Refused: ``policy_loss_type="gspo"`` (a sequence-level
+OpenRLHF applies it (`rollout_correction`). Refused: ``policy_loss_type="gspo"`` (a sequence-level
 ratio, while every BandPO bound is per token, from that token's old probability), and the correction
 settings OpenRLHF itself refuses.
 
 OpenRLHF builds its PolicyLoss inside the Ray actor workers (``openrlhf.trainer.ray.ppo_actor``), so the
-swap must run in each worker: pass :func:`use_bandpo_policy_loss` as Ray's ``worker_process_setup_hook``
+swap must run in each worker: pass `use_bandpo_policy_loss` as Ray's ``worker_process_setup_hook``
 in the job's runtime env, with BandPO's parameters as ``BANDPO_*`` environment variables (``BANDPO_X``
 sets the keyword ``bandpo_x``)::
 
@@ -48,7 +48,7 @@ ENVIRONMENT_PARAMETERS = {
     "BANDPO_DELTA": ("bandpo_delta", float),
     "BANDPO_UPPER_MAX": ("bandpo_upper_max", float),
 }
-"""Environment variables read by :func:`use_bandpo_policy_loss` and the keyword each one sets."""
+"""Environment variables read by `use_bandpo_policy_loss` and the keyword each one sets."""
 
 POLICY_LOSS_TYPES = ("ppo",)
 IS_CORRECTION_LEVELS = ("off", "token", "seq")
@@ -70,7 +70,7 @@ def global_aggregate(
 
     With ``batch_num_tokens`` (token mode) or ``global_batch_size`` (sequence mode) the local sum is
     divided by that global count and multiplied by ``dp_size``, so the data-parallel average of the
-    per-rank losses is the full-batch loss; without it the loss is the local mean (:mod:`bandpo.aggregation`).
+    per-rank losses is the full-batch loss; without it the loss is the local mean (`bandpo.aggregation`).
     """
     if token_level_loss:
         if batch_num_tokens is None:
@@ -213,8 +213,8 @@ class BandPOPolicyLoss(nn.Module):
         token_level_loss: token-mean (True) or seq-mean-token-mean (False), as in OpenRLHF.
         policy_loss_type: must be ``"ppo"``.
         is_correction_level, is_correction_mode, is_correction_gating, is_correction_threshold:
-            OpenRLHF's train/rollout correction (:func:`rollout_correction`); off by default.
-        bandpo_clip_method: one of :data:`bandpo.rules.CLIP_METHODS` (band | band-relax | clip |
+            OpenRLHF's train/rollout correction (`rollout_correction`); off by default.
+        bandpo_clip_method: one of `bandpo.rules.CLIP_METHODS` (band | band-relax | clip |
             clip-higher | dcpo).
         bandpo_divergence, bandpo_delta, bandpo_upper_max: the Band rule (published: kl, 0.05, 10);
             ``bandpo_upper_max`` also caps DCPO.
@@ -259,7 +259,7 @@ class BandPOPolicyLoss(nn.Module):
         self.is_correction_gating = is_correction_gating
         self.is_correction_threshold = tuple(is_correction_threshold)
         self.last_metrics: dict[str, Tensor] = {}
-        """BandPO's clip metrics (:mod:`bandpo.metrics`) of the latest forward, as detached tensors."""
+        """BandPO's clip metrics (`bandpo.metrics`) of the latest forward, as detached tensors."""
 
     def forward(
         self,
@@ -275,7 +275,7 @@ class BandPOPolicyLoss(nn.Module):
         """(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio) as OpenRLHF's PolicyLoss returns them.
 
         ``clip_ratio`` is the share of valid tokens whose gradient the bounds cut, ``ppo_kl`` the mean of
-        log pi_old - log pi; ``vllm_kl`` and ``is_filter_ratio`` (:class:`RolloutCorrection`) are None
+        log pi_old - log pi; ``vllm_kl`` and ``is_filter_ratio`` (`RolloutCorrection`) are None
         with the correction off, and ``rollout_log_probs`` is then unused.
         """
         mask = torch.ones_like(log_probs) if action_mask is None else action_mask
@@ -319,7 +319,7 @@ def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> dict[s
 
 
 def use_bandpo_policy_loss(target_module: str = OPENRLHF_ACTOR_MODULE) -> None:
-    """Make ``target_module.PolicyLoss`` build :class:`BandPOPolicyLoss` with the ``BANDPO_*`` parameters.
+    """Make ``target_module.PolicyLoss`` build `BandPOPolicyLoss` with the ``BANDPO_*`` parameters.
 
     Meant as Ray's ``worker_process_setup_hook`` (it runs in every worker before OpenRLHF builds its
     trainer); the parameters are checked here, so a bad value fails at worker start.

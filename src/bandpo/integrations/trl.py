@@ -1,4 +1,4 @@
-"""BandPO for TRL 1.16: :class:`BandPOConfig` and :class:`BandPOTrainer`.
+"""BandPO for TRL 1.16: `BandPOConfig` and `BandPOTrainer`.
 
 ``BandPOTrainer`` is a thin subclass of ``trl.GRPOTrainer``. TRL clips the ratio with
 ``torch.clamp(coef_1, 1 - self.epsilon_low, 1 + self.epsilon_high)`` and counts clipped tokens with
@@ -13,11 +13,11 @@ against the per-token bounds. BandPO's extra diagnostics are logged beside them.
 
 This relies on private TRL code, so it is guarded twice:
 
-- at import, the installed TRL must be in :data:`SUPPORTED_TRL` (ImportError otherwise;
+- at import, the installed TRL must be in `SUPPORTED_TRL` (ImportError otherwise;
   ``BANDPO_ALLOW_UNTESTED_TRL=1`` downgrades it to a warning);
 - on every loss call, TRL must have computed the policy log-probabilities exactly once through
   ``_get_per_token_logps_and_entropies`` and logged clip counts equal to those of the epsilons the
-  trainer set (:class:`TRLCompatibilityError` otherwise): a TRL whose loss reads other epsilons
+  trainer set (`TRLCompatibilityError` otherwise): a TRL whose loss reads other epsilons
   stops training at the first batch where those clip other tokens, instead of training on with the
   wrong clip. (On-policy batches, ratio 1, clip nothing under any bounds: nothing to tell apart.)
 
@@ -56,11 +56,11 @@ SUPPORTED_TRL = ">=1.16,<1.17"
 of pyproject.toml pins the same range)."""
 ALLOW_UNTESTED_TRL = "BANDPO_ALLOW_UNTESTED_TRL"
 """Environment variable: ``1`` turns the import-time version refusal into a warning. The per-call
-check of :class:`BandPOTrainer` still raises if that TRL does not apply the bounds."""
+check of `BandPOTrainer` still raises if that TRL does not apply the bounds."""
 
 
 def trl_version_supported(version: str) -> bool:
-    """Whether TRL ``version`` is in :data:`SUPPORTED_TRL` (development releases of it included)."""
+    """Whether TRL ``version`` is in `SUPPORTED_TRL` (development releases of it included)."""
     try:
         parsed = Version(version)
     except InvalidVersion:
@@ -70,7 +70,7 @@ def trl_version_supported(version: str) -> bool:
 
 def check_trl_version(version: str, allow_untested: bool | None = None) -> None:
     """ImportError unless TRL ``version`` is supported; a RuntimeWarning instead when ``allow_untested``
-    (default: the environment variable :data:`ALLOW_UNTESTED_TRL` is ``1``)."""
+    (default: the environment variable `ALLOW_UNTESTED_TRL` is ``1``)."""
     if trl_version_supported(version):
         return
     if allow_untested is None:
@@ -285,8 +285,8 @@ def expected_trl_clip_flags(
 class BandPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` whose ratio clip interval is the per-token [lower, upper] of a bound rule.
 
-    Takes exactly GRPOTrainer's arguments; ``args`` must be a :class:`BandPOConfig`. Every loss call
-    checks that TRL applied the bounds (:class:`TRLCompatibilityError` if not; see the module doc).
+    Takes exactly GRPOTrainer's arguments; ``args`` must be a `BandPOConfig`. Every loss call
+    checks that TRL applied the bounds (`TRLCompatibilityError` if not; see the module doc).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -313,7 +313,7 @@ class BandPOTrainer(GRPOTrainer):
             )
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        """TRL's method; inside :meth:`_compute_loss` it also keeps the log-probs (and counts the calls)."""
+        """TRL's method; inside `_compute_loss` it also keeps the log-probs (and counts the calls)."""
         per_token_logps, entropies, *rest = super()._get_per_token_logps_and_entropies(*args, **kwargs)
         if self._capture_log_probs:
             self._log_prob_calls += 1
@@ -392,7 +392,7 @@ class BandPOTrainer(GRPOTrainer):
         mode: str,
     ) -> None:
         """Checks TRL's clip counts against the epsilons set (all processes reach the same verdict), then
-        logs BandPO's extra diagnostics (:func:`bandpo.metrics.clip_metrics`), both in one reduction."""
+        logs BandPO's extra diagnostics (`bandpo.metrics.clip_metrics`), both in one reduction."""
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
         mask = mask.float()

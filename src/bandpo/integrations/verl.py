@@ -1,7 +1,7 @@
 """BandPO policy losses for verl 0.9, registered through verl's own ``register_policy_loss``.
 
 Importing this module registers one ``actor_rollout_ref.actor.policy_loss.loss_mode``, ``bandpo``; its
-bound rule is the field ``bandpo_clip_method`` of :class:`BandPOPolicyLossConfig`:
+bound rule is the field ``bandpo_clip_method`` of `BandPOPolicyLossConfig`:
 
     band          Band bounds (f-divergence trust region; published defaults kl, delta 0.05, cap 10)
     band-relax    the band widened to contain [1 - clip_ratio_low, 1 + clip_ratio_high] (SPEC §9)
@@ -19,7 +19,7 @@ for ``model.external_lib``; ``VERL_USE_EXTERNAL_MODULES=bandpo.integrations.verl
     actor_rollout_ref.model.external_lib=bandpo.integrations.verl
     actor_rollout_ref.actor.policy_loss.loss_mode=bandpo
 
-BandPO's own parameters are fields of :class:`BandPOPolicyLossConfig`, a subclass of verl's
+BandPO's own parameters are fields of `BandPOPolicyLossConfig`, a subclass of verl's
 ``PolicyLossConfig``; select it with ``_target_`` and set the fields with ``+``::
 
     actor_rollout_ref.actor.policy_loss._target_=bandpo.integrations.verl.BandPOPolicyLossConfig
@@ -66,7 +66,7 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     """verl's ``PolicyLossConfig`` plus BandPO's parameters (defaults: the published runs).
 
     Args:
-        bandpo_clip_method: the bound rule, one of :data:`bandpo.rules.CLIP_METHODS` (band | band-relax |
+        bandpo_clip_method: the bound rule, one of `bandpo.rules.CLIP_METHODS` (band | band-relax |
             clip | clip-higher | dcpo); the fixed margins come from ``actor.clip_ratio_low/high``.
         bandpo_divergence: the f-divergence of the trust region (kl | tv | chi2 | reverse_kl | hellinger).
         bandpo_delta: its radius.
@@ -84,7 +84,7 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
 
 
 def _policy_loss_parameter(config: Any, name: str) -> Any:
-    """``config.policy_loss.<name>``, or its :class:`BandPOPolicyLossConfig` default when absent."""
+    """``config.policy_loss.<name>``, or its `BandPOPolicyLossConfig` default when absent."""
     return config.policy_loss.get(name, getattr(BandPOPolicyLossConfig, name))
 
 

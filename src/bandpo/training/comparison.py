@@ -5,7 +5,7 @@ sees the same training data order. The base model is evaluated once and the resu
 ``baseline.json``. The runs go seed by seed, and a run whose ``summary.json`` exists with the same
 settings is reused, so a comparison can be built up over several sittings. The report gives each
 run, each method's mean +- sd over seeds, and band's per-seed paired differences against each
-baseline with a 95% t interval (:mod:`bandpo.training.statistics`); the figure has the layout of
+baseline with a 95% t interval (`bandpo.training.statistics`); the figure has the layout of
 the paper's Figure 3 (clip rate; low-p clip-high share; entropy) plus the reward.
 """
 

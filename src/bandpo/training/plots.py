@@ -43,7 +43,7 @@ def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
 
 
 def plot_comparison(runs: dict[str, list[list[dict]]], path: Path, title: str = "") -> Path:
-    """1x4 figure, one line per method (mean over seeds, shaded mean +- sd), panels as :data:`PANELS`."""
+    """1x4 figure, one line per method (mean over seeds, shaded mean +- sd), panels as `PANELS`."""
     figure, axes = plt.subplots(1, 4, figsize=(18, 4))
     for method, seed_records in runs.items():
         for axis, (metric, label) in zip(axes, PANELS):

@@ -1,8 +1,8 @@
-"""One training run: validate everything (:func:`prepare_run`), then load -> evaluate -> train ->
-evaluate -> plot -> write (:func:`execute_run`). ``bandpo train`` runs one; ``bandpo compare`` many.
+"""One training run: validate everything (`prepare_run`), then load -> evaluate -> train ->
+evaluate -> plot -> write (`execute_run`). ``bandpo train`` runs one; ``bandpo compare`` many.
 
 A run's folder holds ``metrics.jsonl`` (one JSON record per log step), ``training.png``,
-``summary.json`` (:class:`RunResult`), TensorBoard events under ``runs/`` and the checkpoints.
+``summary.json`` (`RunResult`), TensorBoard events under ``runs/`` and the checkpoints.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The settings of one training run: recipes, the merge of preset, YAML and flags, and their checks.
 
 Settings are layered: the preset's recipe, then the YAML ``--config`` (any BandPOConfig /
-GRPOConfig field, TRL style, plus the run keys of :data:`RUN_KEYS`), then the command line. Every
+GRPOConfig field, TRL style, plus the run keys of `RUN_KEYS`), then the command line. Every
 value is checked against the type its dataclass declares, and the whole configuration (ranges,
 output folder, optional engines) is checked here, before any model or dataset is loaded.
 """
@@ -129,7 +129,7 @@ class RunSettings:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide a run's outcome, as JSON: a finished run is reused only if they match.
 
-        Trainer fields appear under their recorded names (:data:`FINGERPRINT_NAMES`).
+        Trainer fields appear under their recorded names (`FINGERPRINT_NAMES`).
         """
         fields = {
             FINGERPRINT_NAMES.get(key, key): value for key, value in self.trainer_fields.items() if key != "output_dir"
