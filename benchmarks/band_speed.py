@@ -93,6 +93,13 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     print(f"# device={args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else cpu}), "
           f"threads={torch.get_num_threads()}, torch {torch.__version__}, dtype={args.dtype}, delta={DELTA}")
+    if args.device == "cpu":
+        native = (
+            f"{cpu_kernels.instruction_sets()[0]} variant, {'OpenMP' if cpu_kernels.openmp() else 'single-threaded'}"
+            if cpu_kernels.available()
+            else "not built"
+        )
+        print(f"# native kernels: {native}")
     names = ["kl"] + [name for name in args.divergences if name != "kl"]  # kl: the reference of "x kl"
     kl_target = f"x kl (<={KL_RATIO_TARGET:g})"
     print(f"{'N':>9} {'method':<22} {'ms/call':>9} {'Mtok/s':>8} {'x exp+clamp':>12} {'speedup vs bisect':>18} "

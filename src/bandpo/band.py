@@ -135,11 +135,11 @@ def band(
 
     Args:
         old_log_probs: log pi_old(a_t | s_t) of the sampled tokens; any shape, floating dtype,
-            device. log-prob -inf (p = 0) gives (0, +inf); 0 (p = 1) gives (r*, 1) where r* is
+            device. log-prob -inf (p = 0) gives (0, +inf); 0 (p = 1) gives (`r*`, 1) where `r*` is
             the divergence's limit (exp(-delta) for ``kl``).
         delta: radius of the trust region, in [1e-6, 1e3] (DELTA_RANGE; ValueError outside).
         divergence: ``"kl"`` (default), ``"tv"``, ``"chi2"``, ``"reverse_kl"``,
-            ``"hellinger"``, or a :class:`bandpo.Divergence` built from any generator f.
+            ``"hellinger"``, or a `bandpo.Divergence` built from any generator f.
         upper_max: cap on the upper bound (the published runs used 10); None for no cap.
         validate: reject NaN or positive log-probabilities with ValueError. This costs one
             reduction and, on accelerators, one host synchronisation; it is skipped inside
@@ -150,10 +150,10 @@ def band(
             ``"fused"``: one kernel built by torch.compile (the first call for each divergence,
             dtype and device compiles for 5-30 s, minutes for the generic solver); if
             compilation fails, a warning is logged once and eager is used.
-            ``"native"``: the C kernels of :mod:`bandpo.cpu_kernels` for kl, tv and chi2 on CPU
-            tensors of float32, bfloat16 or float16, built with the system C compiler on first
-            use (about 1 s, then cached on disk).
-            ``"auto"`` (default): native where it applies and builds, else fused for inputs of
+            ``"native"``: the C kernels of `bandpo.cpu_kernels` for kl, tv and chi2 on CPU
+            tensors of float32, bfloat16 or float16, compiled when bandpo was installed (an
+            optional extension: where no C compiler was available then, NativeKernelError).
+            ``"auto"`` (default): native where it applies and was built, else fused for inputs of
             at least 65,536 tokens of a divergence with a closed form or a dedicated solver,
             else eager; always eager inside an enclosing torch.compile.
 

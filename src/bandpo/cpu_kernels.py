@@ -7,12 +7,21 @@ at a time. ``cpu_kernels.c`` evaluates exp and log with short polynomials and in
 independent chains, which makes kl several times faster than the fused kernel on a CPU
 (``benchmarks/band_speed.py`` measures it; ``benchmarks/results/cpu/band_speed.txt``).
 
-The library is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
-or ``clang``) for the machine at hand (``-march=native`` where the compiler accepts it) and kept
-in ``$BANDPO_CACHE_DIR`` (default ``~/.cache/bandpo``) under a name derived from the source, the
-compiler, its flags and the CPU, so that a shared home directory serves different machines. With
-OpenMP the library runs on the process's OpenMP thread pool: PyTorch's own where PyTorch brought
-libgomp, so that the kernel does not compete with PyTorch's idle-spinning workers for the cores.
+``cpu_kernels.c`` is compiled when bandpo is installed (``setup.py``; ``pip install``, ``pip
+install -e`` and ``pip wheel`` alike) into the extension module ``bandpo._cpu_kernels``, which
+this module loads with ctypes; nothing is compiled at run time. The build is portable: on x86-64
+the hot loop is compiled for AVX-512F, for AVX2 with FMA and for the x86-64 baseline, and each call
+runs the widest one the CPU supports (``instruction_sets()``), so a wheel built on one machine runs
+on any other. The extension is optional: where it did not build (no C compiler at install time, a
+compiler error), ``available()`` is False, ``band(kernel="auto")`` uses PyTorch's kernels, and
+``kernel="native"`` raises NativeKernelError saying how to get it.
+
+Built with OpenMP (where the compiler supports ``-fopenmp``; else single-threaded), the kernels
+run on the process's OpenMP thread pool. The extension asks for ``libgomp.so.1`` by that name, and
+PyTorch's Linux wheels load their own copy under the same name before this module loads the
+extension (``import torch`` comes first), so the dynamic loader reuses PyTorch's libgomp rather
+than loading a second one: the kernels share PyTorch's workers instead of competing with their
+idle spinning for the cores.
 """
 
 from __future__ import annotations
@@ -20,14 +29,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib.util
 import logging
 import math
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,18 +39,36 @@ from torch import Tensor
 
 from bandpo.divergences import CHI2, KL, TV, Divergence, kl_halley_steps
 
+EXTENSION = "bandpo._cpu_kernels"
+"""The extension module that holds the kernels (built from ``cpu_kernels.c`` by ``setup.py``)."""
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-ffp-contract=fast", "-fno-math-errno", "-fPIC", "-shared")
-OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
-"""Tried in this order: a compiler without OpenMP builds a single-threaded library."""
+"""The kernels' source: present in a checkout (and an editable install), not in a wheel."""
+INSTRUCTION_SETS = ("baseline", "avx2+fma", "avx512f")
+"""The variants of the kernels' loop, numbered as in ``cpu_kernels.c``; all but the baseline (the
+target's default instructions: SSE2 on x86-64) exist only in x86-64 builds by GCC or Clang."""
 PARALLEL_MIN_TOKENS = 1 << 14
 """Smaller inputs run on the calling thread: waking the thread pool costs more than it saves."""
+NOT_BUILT = (
+    "bandpo's CPU kernels were not built: the extension module bandpo._cpu_kernels is missing, "
+    "because no working C compiler was found when bandpo was installed (`pip install -v` shows the "
+    "reason). kernel='auto' uses PyTorch's kernels instead. To get the native kernels, reinstall "
+    "bandpo from source where a C compiler (gcc or clang; $CC) is available: in a checkout, "
+    "`pip install -e .`; else `pip install --force-reinstall --no-deps --no-cache-dir --no-binary "
+    "bandpo bandpo` (--no-cache-dir: not the wheel pip built and cached without them)."
+)
+"""NativeKernelError's message where the extension is missing."""
+CALL_ERRORS = {
+    -1: "unknown divergence",
+    -2: "kl step count other than 2 or 3",
+    -3: "instruction set not in this build or not supported by this CPU",
+}
+"""What the C entry's nonzero returns mean."""
 
 logger = logging.getLogger(__name__)
 
 
 class NativeKernelError(RuntimeError):
-    """The C kernels could not be built or loaded (no compiler, a compiler error, ...)."""
+    """The C kernels were not built at install time, do not load, or refused a call."""
 
 
 def divergence_code(divergence: Divergence) -> int | None:
@@ -77,75 +99,33 @@ def supports(log_p: Tensor, divergence: Divergence) -> bool:
     )
 
 
-def _cache_dir() -> Path:
-    configured = os.environ.get("BANDPO_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bandpo"
-
-
-def _compiler() -> list[str]:
-    if os.environ.get("CC"):
-        return shlex.split(os.environ["CC"])
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    raise NativeKernelError("no C compiler found: install gcc or clang, or set CC")
-
-
-def _cpu_identity() -> str:
-    # -march=native code can crash on another CPU model: the cache key names the CPU's features.
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
-    return "\n".join(dict.fromkeys(wanted)) or f"{platform.machine()} {platform.processor()}"
-
-
-def _compile(command: list[str], target: Path) -> str | None:
-    """Compile to ``target`` (atomically, so that concurrent processes never load half a file);
-    the compiler's complaint on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    os.close(handle)
-    try:
-        try:
-            result = subprocess.run(
-                [*command, "-o", partial], capture_output=True, text=True, timeout=300, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:  # no such compiler, a hung one
-            return str(error)
-        if result.returncode != 0:
-            return (result.stderr or result.stdout).strip()[-2000:] or f"exit status {result.returncode}"
-        os.replace(partial, target)
-        return None
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
 @functools.cache
 def load() -> ctypes.CDLL:
-    """The compiled kernels, built on the first call; NativeKernelError if that fails."""
-    compiler = _compiler()
-    source, cpu = SOURCE.read_bytes(), _cpu_identity().encode()
-    complaints = []
-    for optional in OPTIONAL_FLAGS:
-        command = [*compiler, *FLAGS, *optional, str(SOURCE)]
-        key = hashlib.sha256(b"\0".join([source, " ".join(command).encode(), cpu]))
-        target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:20]}.so"
-        complaint = None if target.exists() else _compile(command, target)
-        if complaint is None:
-            library = ctypes.CDLL(str(target))
-            entry = library.bandpo_band_f32
-            entry.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 3, ctypes.c_long]
-            entry.argtypes += [ctypes.c_float] * 2 + [ctypes.c_int] * 2
-            entry.restype = ctypes.c_int
-            return library
-        complaints.append(f"{shlex.join(command)}:\n{complaint}")
-    raise NativeKernelError("building bandpo's CPU kernels failed:\n" + "\n".join(complaints))
+    """The kernels built at install time; NativeKernelError where they were not built or do not load."""
+    spec = importlib.util.find_spec(EXTENSION)  # locates the file without running it
+    if spec is None or not spec.origin:
+        raise NativeKernelError(NOT_BUILT)
+    try:
+        library = ctypes.CDLL(spec.origin)
+    except OSError as error:
+        raise NativeKernelError(f"bandpo's CPU kernels ({spec.origin}) do not load: {error}") from error
+    library.bandpo_source_sha256.argtypes = []
+    library.bandpo_source_sha256.restype = ctypes.c_char_p
+    built_from = library.bandpo_source_sha256().decode()
+    if SOURCE.exists() and built_from != hashlib.sha256(SOURCE.read_bytes()).hexdigest():
+        raise NativeKernelError(
+            f"bandpo's CPU kernels ({spec.origin}) were built from another version of {SOURCE}: "
+            "rebuild them with `pip install -e .` in the checkout (or reinstall bandpo)"
+        )
+    entry = library.bandpo_band_f32
+    entry.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 3, ctypes.c_int64]
+    entry.argtypes += [ctypes.c_float] * 2 + [ctypes.c_int] * 3
+    entry.restype = ctypes.c_int
+    library.bandpo_instruction_sets.argtypes = []
+    library.bandpo_instruction_sets.restype = ctypes.c_int
+    library.bandpo_openmp.argtypes = []
+    library.bandpo_openmp.restype = ctypes.c_int
+    return library
 
 
 @functools.cache
@@ -153,18 +133,37 @@ def available() -> bool:
     """Whether the kernels load; logs why not, once."""
     try:
         load()
-    except (NativeKernelError, OSError) as error:  # OSError: the library does not load
+    except NativeKernelError as error:
         logger.warning("bandpo: CPU kernels unavailable, using PyTorch ones (%s)", error)
         return False
     return True
 
 
+def instruction_sets() -> tuple[str, ...]:
+    """The variants of the kernels this build has and this CPU runs, widest (the one used) first."""
+    sets = load().bandpo_instruction_sets()
+    return tuple(name for bit, name in reversed(list(enumerate(INSTRUCTION_SETS))) if sets >> bit & 1)
+
+
+def openmp() -> bool:
+    """Whether the kernels were built with OpenMP (else they run on the calling thread only)."""
+    return bool(load().bandpo_openmp())
+
+
 def ratio_bounds(
-    log_p: Tensor, delta: float, divergence: Divergence, upper_max: float | None
+    log_p: Tensor,
+    delta: float,
+    divergence: Divergence,
+    upper_max: float | None,
+    instruction_set: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(lower, upper) for float32 CPU log-probabilities, as ``divergence.ratio_bounds`` computes
-    them (log p > 0 read as 0, NaN kept), with the upper bound capped at ``upper_max``."""
+    them (log p > 0 read as 0, NaN kept), with the upper bound capped at ``upper_max``.
+    ``instruction_set``: one of ``instruction_sets()`` (default: the widest)."""
     check_supported(log_p, divergence)
+    if instruction_set is not None and instruction_set not in INSTRUCTION_SETS:
+        raise ValueError(f"instruction_set must be one of {INSTRUCTION_SETS} or None, got {instruction_set!r}")
+    isa = -1 if instruction_set is None else INSTRUCTION_SETS.index(instruction_set)
     log_p = log_p.contiguous()
     lower, upper = torch.empty_like(log_p), torch.empty_like(log_p)
     threads = torch.get_num_threads() if log_p.numel() >= PARALLEL_MIN_TOKENS else 1
@@ -178,7 +177,8 @@ def ratio_bounds(
         math.inf if upper_max is None else upper_max,
         kl_halley_steps(torch.float32),
         threads,
+        isa,
     )
     if status != 0:
-        raise NativeKernelError(f"bandpo_band_f32 returned {status}")
+        raise NativeKernelError(f"bandpo_band_f32 returned {status} ({CALL_ERRORS.get(status, 'unknown')})")
     return lower, upper
