@@ -3,7 +3,8 @@
 The figure has two panels, as the paper's Figures 1-2: ratio bounds [lower, upper] against the
 old probability p, and the allowed probability change q - p = (r - 1) p against p, with DAPO's
 fixed interval, DCPO and the simplex limits (r in [0, 1/p], i.e. q - p in [-p, 1 - p]) beside
-the Band curves.
+the Band curves. ``--relax`` adds the relax variant (band-relax: each band widened to contain
+[1 - eps_low, 1 + eps_high]) to both.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from bandpo.band import band, check_delta, check_upper_max
+from bandpo.band import check_delta, check_upper_max
+from bandpo.checks import check_number
 from bandpo.divergences import DIVERGENCES
-from bandpo.rules import DCPO, FixedClip
+from bandpo.rules import DCPO, Band, FixedClip, check_eps_low
 
 DEFAULT_P = (1e-4, 1e-3, 0.01, 0.05, 0.08, 0.1, 0.2, 0.5, 0.8, 0.9, 0.99)
 BAND_COLOURS = {"kl": "#7f9fe0", "tv": "#d9786a", "chi2": "#f2c39a", "reverse_kl": "#7fbf8f", "hellinger": "#a58fd0"}
@@ -33,22 +35,48 @@ def add_bounds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-p", action="store_true", help="logarithmic p axis, to show the tail")
     parser.add_argument("--eps-low", type=float, default=0.2, help="DAPO / DCPO lower margin for the figure")
     parser.add_argument("--eps-high", type=float, default=0.28, help="DAPO / DCPO upper margin for the figure")
+    parser.add_argument("--relax", action="store_true",
+                        help="also show band-relax: each band widened to contain [1 - eps_low, 1 + eps_high]")
 
 
-def bounds_table(divergences: list[str], delta: float, p_values: list[float], upper_max: float | None) -> str:
+def shown_bands(
+    divergences: list[str], delta: float, upper_max: float | None, relax: tuple[float, float] | None
+) -> list[tuple[str, Band]]:
+    """(label, rule) of every band shown: each divergence, then each one relaxed when ``relax`` is set."""
+    bands = [(name, Band(name, delta, upper_max)) for name in divergences]
+    if relax is not None:
+        bands += [(f"{name}+relax", Band(name, delta, upper_max, relax=relax)) for name in divergences]
+    return bands
+
+
+def bounds_table(
+    divergences: list[str],
+    delta: float,
+    p_values: list[float],
+    upper_max: float | None,
+    relax: tuple[float, float] | None = None,
+) -> str:
     """Rows of p, lower, upper and the allowed change of the probability, down and up."""
     log_p = torch.log(torch.tensor(p_values, dtype=torch.float64))
-    lines = [f"delta = {delta}" + (f", upper_max = {upper_max}" if upper_max is not None else "")]
-    lines.append(f"{'divergence':<11} {'p':>9} {'lower':>10} {'upper':>12} {'dq down':>10} {'dq up':>10}")
-    for name in divergences:
-        lower, upper = band(log_p, delta, name, upper_max=upper_max)
+    lines = [f"delta = {delta}" + (f", upper_max = {upper_max}" if upper_max is not None else "")
+             + (f", relax = {relax}" if relax is not None else "")]
+    lines.append(f"{'divergence':<16} {'p':>9} {'lower':>10} {'upper':>12} {'dq down':>10} {'dq up':>10}")
+    for label, rule in shown_bands(divergences, delta, upper_max, relax):
+        lower, upper = rule.bounds(log_p)
         for p, lo, up in zip(p_values, lower.tolist(), upper.tolist()):
-            lines.append(f"{name:<11} {p:>9.4g} {lo:>10.5f} {up:>12.5f} {(lo - 1) * p:>+10.5f} {(up - 1) * p:>+10.5f}")
+            lines.append(f"{label:<16} {p:>9.4g} {lo:>10.5f} {up:>12.5f} {(lo - 1) * p:>+10.5f} {(up - 1) * p:>+10.5f}")
     return "\n".join(lines)
 
 
 def plot_bounds(
-    path: Path, divergences: list[str], delta: float, eps_low: float, eps_high: float, log_p: bool, upper_max: float | None
+    path: Path,
+    divergences: list[str],
+    delta: float,
+    eps_low: float,
+    eps_high: float,
+    log_p: bool,
+    upper_max: float | None,
+    relax: bool = False,
 ) -> None:
     """Ratio bounds and probability-change bounds against p, the layout of the paper's figures."""
     import matplotlib
@@ -71,9 +99,10 @@ def plot_bounds(
         change_axis.plot(p, (lower - 1) * p, label=label, **style)
         change_axis.plot(p, (upper - 1) * p, **style)
 
-    for name in divergences:
-        lower, upper = band(log_probs, delta, name, upper_max=upper_max)
-        draw(lower, upper, f"BandPO {name} (delta={delta})", color=BAND_COLOURS.get(name), linestyle="-.", linewidth=2.4)
+    for label, rule in shown_bands(divergences, delta, upper_max, (eps_low, eps_high) if relax else None):
+        relaxed = rule.relax is not None
+        draw(*rule.bounds(log_probs), f"BandPO {label} (delta={delta})", color=BAND_COLOURS.get(rule.divergence),
+             linestyle=":" if relaxed else "-.", linewidth=1.6 if relaxed else 2.4)
     draw(*dcpo, f"DCPO (eps={eps_low}/{eps_high})", color="#b9b3dc", linestyle="--", linewidth=1.8)
     draw(*fixed, f"DAPO clip-higher ({eps_low}/{eps_high})", color="#bbbbbb", linestyle="-", linewidth=2.0)
     draw(torch.zeros_like(p), 1 / p, "simplex limits [0, 1/p]", color="#222222", linestyle=":", linewidth=2.0)
@@ -104,6 +133,8 @@ def configure_bounds(args: argparse.Namespace) -> argparse.Namespace:
     """The flags, checked (ValueError names the flag and what it accepts)."""
     args.delta = check_delta(args.delta)
     args.upper_max = check_upper_max(args.upper_max)
+    check_eps_low("--eps-low", args.eps_low)
+    check_number("--eps-high", args.eps_high, low=0.0)
     bad = [p for p in args.p if not (0 < p <= 1 and math.isfinite(p))]
     if bad:
         raise ValueError(f"--p values must lie in (0, 1], got {bad}")
@@ -113,8 +144,11 @@ def configure_bounds(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_bounds(args: argparse.Namespace) -> int:
-    print(bounds_table(args.divergence, args.delta, args.p, args.upper_max))
+    relax = (args.eps_low, args.eps_high) if args.relax else None
+    print(bounds_table(args.divergence, args.delta, args.p, args.upper_max, relax))
     if args.plot is not None:
-        plot_bounds(args.plot, args.divergence, args.delta, args.eps_low, args.eps_high, args.log_p, args.upper_max)
+        plot_bounds(
+            args.plot, args.divergence, args.delta, args.eps_low, args.eps_high, args.log_p, args.upper_max, args.relax
+        )
         print(f"figure written to {args.plot}")
     return 0

@@ -1,0 +1,100 @@
+"""Specification of ``bandpo bounds`` (``bandpo.cli.bounds``): the Band operator's bounds as a table
+and as the paper's two figures, with the relax variant on request.
+
+Expected values are SPEC §2.1's reference values, or the rules' own bounds (tested against
+mpmath in tests/test_divergences.py and tests/test_rules.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bandpo.cli.main import main
+
+
+def table_rows(output: str) -> dict[tuple[str, float], tuple[float, float]]:
+    """(label, p) -> (lower, upper) from the printed table."""
+    rows = {}
+    for line in output.splitlines()[2:]:
+        label, p, lower, upper, _, _ = line.split()
+        rows[label, float(p)] = (float(lower), float(upper))
+    return rows
+
+
+def test_table_shows_the_spec_reference_bounds(capsys):
+    """SPEC §2.1, kl at delta 0.1: p = 0.08 -> [0.12306, 3.16885], p = 0.5 -> [0.57424, 1.42576]."""
+    assert main(["bounds", "--divergence", "kl", "--delta", "0.1", "--p", "0.08", "0.5", "0.9"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["kl", 0.08] == pytest.approx((0.12306, 3.16885), abs=1e-5)
+    assert rows["kl", 0.5] == pytest.approx((0.57424, 1.42576), abs=1e-5)
+    assert rows["kl", 0.9] == pytest.approx((0.79736, 1.09271), abs=1e-5)
+
+
+def test_the_probability_change_columns_are_r_minus_one_times_p(capsys):
+    main(["bounds", "--divergence", "tv", "--delta", "0.05", "--p", "0.2"])
+    line = capsys.readouterr().out.splitlines()[2].split()
+    p, lower, upper, down, up = map(float, line[1:])
+    assert (down, up) == pytest.approx(((lower - 1) * p, (upper - 1) * p), abs=1e-5)
+    assert (down, up) == pytest.approx((-0.05, 0.05), abs=1e-5)  # tv moves the probability by delta
+
+
+def test_relax_adds_each_band_widened_to_the_fixed_interval(capsys):
+    """--relax: rows '<divergence>+relax' with lower = min(band, 1 - eps_low), upper = max(band, 1 + eps_high)."""
+    main(["bounds", "--divergence", "kl", "chi2", "--delta", "0.05", "--p", "0.01", "0.9", "--relax"])
+    rows = table_rows(capsys.readouterr().out)
+    for name in ("kl", "chi2"):
+        for p in (0.01, 0.9):
+            lower, upper = rows[name, p]
+            assert rows[f"{name}+relax", p] == pytest.approx((min(lower, 0.8), max(upper, 1.28)), abs=1e-5)
+    assert rows["kl+relax", 0.9] == pytest.approx((0.8, 1.28), abs=1e-5)  # a confident token: the fixed interval
+    assert rows["kl+relax", 0.01] == rows["kl", 0.01]  # a rare one: the band, already wider
+
+
+def test_relax_takes_the_eps_flags(capsys):
+    main(["bounds", "--divergence", "kl", "--p", "0.9", "--relax", "--eps-low", "0.1", "--eps-high", "0.1"])
+    rows = table_rows(capsys.readouterr().out)
+    band_lower, band_upper = rows["kl", 0.9]
+    assert rows["kl+relax", 0.9] == pytest.approx((min(band_lower, 0.9), max(band_upper, 1.1)), abs=1e-5)
+
+
+def test_upper_max_caps_the_table(capsys):
+    main(["bounds", "--divergence", "kl", "--p", "0.0001", "--upper-max", "10"])
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["kl", 0.0001][1] == 10.0
+
+
+@pytest.mark.parametrize("relax", [[], ["--relax"]])
+def test_plot_writes_the_figure(tmp_path, capsys, relax):
+    pytest.importorskip("matplotlib")  # the plots extra; the test venv has it (trl extra)
+    path = tmp_path / "figures" / "bounds.png"
+    assert main(["bounds", "--delta", "0.1", "--plot", str(path), "--log-p", *relax]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figure written to {path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--p", "0"], "--p values must lie in (0, 1]"),
+        (["--p", "1.5"], "--p values must lie in (0, 1]"),
+        (["--p", "nan"], "--p values must lie in (0, 1]"),
+        (["--delta", "0"], "delta"),
+        (["--delta", "1e9"], "delta"),
+        (["--upper-max", "0.5"], "upper_max"),
+        (["--eps-low", "1.0"], "--eps-low"),
+        (["--eps-high", "-0.1"], "--eps-high"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(capsys, flags, message):
+    assert main(["bounds", *flags]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bandpo bounds: error:") and message in error
+
+
+def test_every_band_row_is_finite_for_the_default_probabilities(capsys):
+    main(["bounds", "--divergence", "kl", "tv", "chi2", "reverse_kl", "hellinger", "--relax"])
+    rows = table_rows(capsys.readouterr().out)
+    assert len(rows) == 10 * 11
+    assert all(math.isfinite(lower) and math.isfinite(upper) and lower <= 1 <= upper for lower, upper in rows.values())
