@@ -439,6 +439,13 @@ def test_unsupported_trl_versions_are_refused_or_warned(version, monkeypatch):
         check_trl_version(version)
 
 
+def test_the_escape_hatch_is_no_typo_to_the_openrlhf_hook():
+    """One job environment may serve TRL and OpenRLHF: the hook, which refuses unknown BANDPO_* names, knows it."""
+    from bandpo.integrations import openrlhf  # imports torch and bandpo only (OpenRLHF itself in the hook)
+
+    assert bandpo_trl.ALLOW_UNTESTED_TRL in openrlhf.OTHER_BANDPO_VARIABLES
+
+
 def test_importing_the_integration_checks_the_installed_trl():
     script = (
         "import warnings, trl\n"

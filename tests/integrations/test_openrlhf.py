@@ -200,6 +200,13 @@ def test_environment_parameters_are_parsed_and_typos_rejected():
         bandpo_parameters_from_environment({"BANDPO_DELTA": "big"})
 
 
+def test_bandpo_variables_of_other_integrations_are_passed_over():
+    """A job environment may carry BANDPO_ALLOW_UNTESTED_TRL (read by bandpo.integrations.trl): not a typo."""
+    assert bandpo_parameters_from_environment({"BANDPO_ALLOW_UNTESTED_TRL": "1", "BANDPO_DELTA": "0.1"}) == {
+        "bandpo_delta": 0.1
+    }
+
+
 def test_setup_hook_swaps_the_name_the_trainer_instantiates(monkeypatch):
     """The hook replaces ``PolicyLoss`` in the target module with BandPO's, built with the env parameters.
 

@@ -49,6 +49,8 @@ ENVIRONMENT_PARAMETERS = {
     "BANDPO_UPPER_MAX": ("bandpo_upper_max", float),
 }
 """Environment variables read by `use_bandpo_policy_loss` and the keyword each one sets."""
+OTHER_BANDPO_VARIABLES = ("BANDPO_ALLOW_UNTESTED_TRL",)
+"""``BANDPO_*`` variables of other parts of bandpo (here: `bandpo.integrations.trl`), passed over."""
 
 POLICY_LOSS_TYPES = ("ppo",)
 IS_CORRECTION_LEVELS = ("off", "token", "seq")
@@ -299,7 +301,8 @@ class BandPOPolicyLoss(nn.Module):
 
 def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> dict[str, object]:
     """BandPOPolicyLoss keywords from ``BANDPO_*`` variables; an unknown ``BANDPO_*`` name is an error."""
-    unknown = sorted(name for name in environment if name.startswith("BANDPO_") and name not in ENVIRONMENT_PARAMETERS)
+    known = (*ENVIRONMENT_PARAMETERS, *OTHER_BANDPO_VARIABLES)
+    unknown = sorted(name for name in environment if name.startswith("BANDPO_") and name not in known)
     if unknown:
         raise ValueError(
             f"unknown BandPO environment variable(s) {', '.join(unknown)}; accepted: {', '.join(ENVIRONMENT_PARAMETERS)}"
