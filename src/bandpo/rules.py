@@ -85,6 +85,12 @@ class Band:
         return lower, upper
 
 
+def check_clip_method(clip_method: str, name: str = "clip_method") -> None:
+    """ValueError naming ``name`` (each engine's own field) unless ``clip_method`` is in `CLIP_METHODS`."""
+    if clip_method not in CLIP_METHODS:
+        raise ValueError(f"{name} must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
+
+
 def check_eps_low(name: str, eps_low: float) -> None:
     """A lower margin in [0, 1): the bound 1 - eps_low must stay a positive ratio."""
     check_number(name, eps_low, low=0.0, high=1.0, high_open=True)
@@ -149,6 +155,7 @@ def make_rule(
     clip 0.2 / 0.2; clip-higher 0.2 / 0.28; dcpo 0.16 / 0.20 / upper_max 10. ``eps_*`` override
     the margins of every rule but band.
     """
+    check_clip_method(clip_method)
     if clip_method == "band":
         return Band(divergence=divergence, delta=delta, upper_max=upper_max)
     if clip_method == "band-relax":
@@ -158,8 +165,5 @@ def make_rule(
         return FixedClip(0.2 if eps_low is None else eps_low, 0.2 if eps_high is None else eps_high)
     if clip_method == "clip-higher":
         return FixedClip(0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
-    if clip_method == "dcpo":
-        return DCPO(
-            0.16 if eps_low is None else eps_low, 0.20 if eps_high is None else eps_high, upper_max
-        )
-    raise ValueError(f"clip_method must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
+    # dcpo, the one name check_clip_method leaves
+    return DCPO(0.16 if eps_low is None else eps_low, 0.20 if eps_high is None else eps_high, upper_max)

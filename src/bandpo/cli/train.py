@@ -65,14 +65,15 @@ def configure_train(args: argparse.Namespace):
 
 def describe_rule(config) -> str:
     """The bound rule with its parameters, as the trainer uses them."""
-    method = config.bandpo_clip_method
+    clip_method = config.bandpo_clip_method
     eps_low, eps_high = config.fixed_margins()
-    if method in ("band", "band-relax"):
-        band = f"{method} ({config.bandpo_divergence}, delta {config.bandpo_delta}, upper_max {config.bandpo_upper_max}"
-        return band + (f", relaxed to {eps_low}/{eps_high})" if method == "band-relax" else ")")
-    if method == "dcpo":
+    if clip_method in ("band", "band-relax"):
+        band = (f"{clip_method} ({config.bandpo_divergence}, delta {config.bandpo_delta}, "
+                f"upper_max {config.bandpo_upper_max}")
+        return band + (f", relaxed to {eps_low}/{eps_high})" if clip_method == "band-relax" else ")")
+    if clip_method == "dcpo":
         return f"dcpo ({config.bandpo_dcpo_eps_low}/{config.bandpo_dcpo_eps_high}, upper_max {config.bandpo_upper_max})"
-    return f"{method} ({eps_low}/{eps_high})"
+    return f"{clip_method} ({eps_low}/{eps_high})"
 
 
 def format_summary(result, prepared) -> str:

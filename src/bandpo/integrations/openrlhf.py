@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from bandpo.aggregation import aggregate
 from bandpo.checks import check_number
 from bandpo.loss import policy_terms
-from bandpo.rules import CLIP_METHODS, BoundRule, make_rule
+from bandpo.rules import BoundRule, check_clip_method, make_rule
 
 OPENRLHF_ACTOR_MODULE = "openrlhf.trainer.ray.ppo_actor"
 """The module whose ``PolicyLoss`` name OpenRLHF's actor trainer instantiates."""
@@ -247,8 +247,7 @@ class BandPOPolicyLoss(nn.Module):
             )
         check_rollout_correction(is_correction_level, is_correction_mode, is_correction_gating, is_correction_threshold)
         check_number("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
-        if bandpo_clip_method not in CLIP_METHODS:
-            raise ValueError(f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}, got {bandpo_clip_method!r}")
+        check_clip_method(bandpo_clip_method, "bandpo_clip_method")
         self.rule: BoundRule = make_rule(
             bandpo_clip_method, divergence=bandpo_divergence, delta=bandpo_delta, upper_max=bandpo_upper_max,
             eps_low=clip_eps_low, eps_high=clip_eps_high,

@@ -47,7 +47,7 @@ from bandpo.band import DELTA_RANGE
 from bandpo.checks import check_number
 from bandpo.divergences import DIVERGENCES
 from bandpo.metrics import clip_metrics
-from bandpo.rules import CLIP_METHODS, BoundRule, make_rule
+from bandpo.rules import CLIP_METHODS, BoundRule, check_clip_method, check_eps_low, make_rule
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,7 @@ class BandPOConfig(GRPOConfig):
     bandpo_dcpo_eps_high: float = field(default=0.20, metadata={"help": "DCPO's upper margin."})
 
     def __post_init__(self) -> None:
-        if self.bandpo_clip_method not in CLIP_METHODS:
-            raise ValueError(
-                f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}, got {self.bandpo_clip_method!r}"
-            )
+        check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
         if self.bandpo_clip_method in ("clip-higher", "band-relax") and self.epsilon_high is None:
             self.epsilon_high = EPSILON_HIGH_DEFAULT
         super().__post_init__()
@@ -199,25 +196,25 @@ class BandPOConfig(GRPOConfig):
 
         ValueError names the config field that is out of range.
         """
-        method = self.bandpo_clip_method
-        if method in ("band", "band-relax"):
+        clip_method = self.bandpo_clip_method
+        if clip_method in ("band", "band-relax"):
             if self.bandpo_divergence not in DIVERGENCES:
                 raise ValueError(
                     f"bandpo_divergence must be one of {', '.join(DIVERGENCES)}, got {self.bandpo_divergence!r}"
                 )
             check_number("bandpo_delta", self.bandpo_delta, low=DELTA_RANGE[0], high=DELTA_RANGE[1])
-        if method in PER_TOKEN_METHODS:
+        if clip_method in PER_TOKEN_METHODS:
             check_number("bandpo_upper_max", self.bandpo_upper_max, low=1.0, allow_none=True, allow_infinity=True)
-        if method == "dcpo":
+        if clip_method == "dcpo":
             eps_low = check_number("bandpo_dcpo_eps_low", self.bandpo_dcpo_eps_low, low=0.0)
             eps_high = check_number("bandpo_dcpo_eps_high", self.bandpo_dcpo_eps_high, low=0.0)
         else:
             eps_low, eps_high = self.fixed_margins()
-            if method != "band":
-                check_number("epsilon", eps_low, low=0.0, high=1.0, high_open=True)
+            if clip_method != "band":
+                check_eps_low("epsilon", eps_low)
                 check_number("epsilon_high", eps_high, low=0.0)
         return make_rule(
-            method,
+            clip_method,
             divergence=self.bandpo_divergence,
             delta=self.bandpo_delta,
             upper_max=self.bandpo_upper_max,

@@ -41,7 +41,7 @@ from verl.workers.config import PolicyLossConfig
 from bandpo.checks import check_number
 from bandpo.loss import PolicyTerms, policy_terms
 from bandpo.metrics import metrics_to_floats
-from bandpo.rules import CLIP_METHODS, Band, BoundRule, make_rule
+from bandpo.rules import Band, BoundRule, check_clip_method, make_rule
 
 BANDPO_LOSS_MODE = "bandpo"
 """The ``policy_loss.loss_mode`` this module registers."""
@@ -54,11 +54,6 @@ VERL_METRIC_NAMES = {
 """BandPO metrics that are what verl's vanilla loss logs under these names."""
 
 BANDPO_METRIC_PREFIX = "actor/bandpo/"
-
-
-def check_clip_method(clip_method: str) -> None:
-    if clip_method not in CLIP_METHODS:
-        raise ValueError(f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
 
 
 @dataclass
@@ -79,7 +74,7 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     bandpo_upper_max: Optional[float] = 10.0
 
     def __post_init__(self) -> None:
-        check_clip_method(self.bandpo_clip_method)
+        check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
         Band(divergence=self.bandpo_divergence, delta=self.bandpo_delta, upper_max=self.bandpo_upper_max)
 
 
@@ -102,7 +97,7 @@ def bound_rule_from_config(config: Any) -> BoundRule:
     margins of band-relax, clip, clip-higher and dcpo from ``clip_ratio_low`` / ``clip_ratio_high``.
     """
     clip_method = _policy_loss_parameter(config, "bandpo_clip_method")
-    check_clip_method(clip_method)
+    check_clip_method(clip_method, "bandpo_clip_method")
     eps_low, eps_high = _clip_ratios(config)
     return make_rule(
         clip_method,
