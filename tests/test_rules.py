@@ -209,8 +209,8 @@ def test_bounds_do_not_modify_the_input():
 # --- make_rule -------------------------------------------------------------------------------
 
 
-def test_clip_methods_lists_the_five_rules():
-    assert set(CLIP_METHODS) == {"band", "band-relax", "clip", "clip-higher", "dcpo"}
+def test_clip_methods_lists_the_seven_rules():
+    assert set(CLIP_METHODS) == {"band", "band-relax", "band-upper", "band-lower", "clip", "clip-higher", "dcpo"}
 
 
 def test_make_rule_builds_every_listed_clip_method():
@@ -251,7 +251,7 @@ def test_make_rule_eps_overrides_the_baseline_margins():
 
 @pytest.mark.parametrize("clip_method", ["ppo", "Band", "clip_higher", "", "dapo", "relax"])
 def test_make_rule_rejects_unknown_clip_method(clip_method):
-    with pytest.raises(ValueError, match="clip_method must be one of band, band-relax, clip, clip-higher, dcpo"):
+    with pytest.raises(ValueError, match="clip_method must be one of band, band-relax, band-upper, band-lower, clip, clip-higher, dcpo"):
         make_rule(clip_method)
 
 

@@ -8,6 +8,8 @@ input, no autograd history). Built in:
     FixedClip  lower, upper = 1 - eps_low, 1 + eps_high                (PPO/GRPO; DAPO's clip-higher)
     DCPO       lower = 1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)),
                upper = min(1/2 + 1/2 sqrt(1 + 4 eps_high / p), upper_max)
+    Sided      lower from one rule, upper from another (band-upper, band-lower: one side of the
+               band against clip-higher's other side, to tell which side of the band does what)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bandpo.band import band, check_delta, check_kernel, check_upper_max
 from bandpo.checks import check_number
 from bandpo.divergences import Divergence, get_divergence
 
-CLIP_METHODS = ("band", "band-relax", "clip", "clip-higher", "dcpo")
+CLIP_METHODS = ("band", "band-relax", "band-upper", "band-lower", "clip", "clip-higher", "dcpo")
 """Names of the built-in rules, for `make_rule` and every integration's ``clip_method``."""
 
 
@@ -140,6 +142,31 @@ class DCPO:
         return lower, upper
 
 
+@dataclass(frozen=True)
+class Sided:
+    """A rule whose lower bound is ``lower_rule``'s and whose upper bound is ``upper_rule``'s:
+
+        lower = lower_rule.bounds(log p)[0],   upper = upper_rule.bounds(log p)[1]
+
+    ``band-upper`` is ``Sided(FixedClip(0.2, 0.28), Band())`` (the band's room to grow, clip-higher's
+    floor) and ``band-lower`` is ``Sided(Band(), FixedClip(0.2, 0.28))``.
+    """
+
+    lower_rule: BoundRule
+    upper_rule: BoundRule
+
+    def __post_init__(self) -> None:
+        for name in ("lower_rule", "upper_rule"):
+            rule = getattr(self, name)
+            if isinstance(rule, type) or not isinstance(rule, BoundRule):
+                raise ValueError(f"{name} must be a bound rule instance such as Band() or FixedClip(), got {rule!r}")
+
+    def bounds(self, old_log_probs: Tensor) -> tuple[Tensor, Tensor]:
+        lower, _ = self.lower_rule.bounds(old_log_probs)
+        _, upper = self.upper_rule.bounds(old_log_probs)
+        return lower, upper
+
+
 def make_rule(
     clip_method: str,
     *,
@@ -152,8 +179,9 @@ def make_rule(
     """The rule named ``clip_method`` (one of `CLIP_METHODS`) with the published defaults.
 
     Defaults: band kl / 0.05 / upper_max 10; band-relax the same, relaxed to 0.2 / 0.28;
-    clip 0.2 / 0.2; clip-higher 0.2 / 0.28; dcpo 0.16 / 0.20 / upper_max 10. ``eps_*`` override
-    the margins of every rule but band.
+    band-upper the band's upper bound over the floor 1 - 0.2; band-lower the band's lower bound
+    under the ceiling 1 + 0.28; clip 0.2 / 0.2; clip-higher 0.2 / 0.28; dcpo 0.16 / 0.20 / upper_max 10.
+    ``eps_*`` override the margins of every rule but band.
     """
     check_clip_method(clip_method)
     if clip_method == "band":
@@ -161,6 +189,10 @@ def make_rule(
     if clip_method == "band-relax":
         relax = (0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
         return Band(divergence=divergence, delta=delta, upper_max=upper_max, relax=relax)
+    if clip_method in ("band-upper", "band-lower"):
+        fixed = FixedClip(0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
+        banded = Band(divergence=divergence, delta=delta, upper_max=upper_max)
+        return Sided(fixed, banded) if clip_method == "band-upper" else Sided(banded, fixed)
     if clip_method == "clip":
         return FixedClip(0.2 if eps_low is None else eps_low, 0.2 if eps_high is None else eps_high)
     if clip_method == "clip-higher":

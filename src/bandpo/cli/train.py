@@ -30,8 +30,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--answer-column", help="answer column of --dataset (default answer)")
     parser.add_argument("--clip-method", choices=CLIP_METHODS, help="ratio-bound rule (default band)")
     parser.add_argument("--divergence", choices=sorted(DIVERGENCES),
-                        help="f-divergence of band and band-relax (default kl)")
-    parser.add_argument("--delta", type=float, help="trust-region radius of band and band-relax (> 0; default 0.05)")
+                        help="f-divergence of the band rules (band, band-relax, band-upper, band-lower; default kl)")
+    parser.add_argument("--delta", type=float, help="trust-region radius of the band rules (> 0; default 0.05)")
     parser.add_argument("--steps", type=int, help="optimizer steps (max_steps)")
     parser.add_argument("--eval-problems", type=int, help="held-out problems evaluated before and after")
     parser.add_argument("--eval-samples", type=int, help="k samples per held-out problem for pass@k (0: greedy only)")
@@ -67,10 +67,12 @@ def describe_rule(config) -> str:
     """The bound rule with its parameters, as the trainer uses them."""
     clip_method = config.bandpo_clip_method
     eps_low, eps_high = config.fixed_margins()
-    if clip_method in ("band", "band-relax"):
+    if clip_method.startswith("band"):
         band = (f"{clip_method} ({config.bandpo_divergence}, delta {config.bandpo_delta}, "
                 f"upper_max {config.bandpo_upper_max}")
-        return band + (f", relaxed to {eps_low}/{eps_high})" if clip_method == "band-relax" else ")")
+        fixed_side = {"band-relax": f", relaxed to {eps_low}/{eps_high}", "band-upper": f", lower 1 - {eps_low}",
+                      "band-lower": f", upper 1 + {eps_high}"}
+        return band + fixed_side.get(clip_method, "") + ")"
     if clip_method == "dcpo":
         return f"dcpo ({config.bandpo_dcpo_eps_low}/{config.bandpo_dcpo_eps_high}, upper_max {config.bandpo_upper_max})"
     return f"{clip_method} ({eps_low}/{eps_high})"

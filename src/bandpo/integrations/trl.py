@@ -46,7 +46,7 @@ from torch import Tensor
 from bandpo.band import DELTA_RANGE
 from bandpo.checks import check_number
 from bandpo.divergences import DIVERGENCES
-from bandpo.metrics import clip_metrics
+from bandpo.metrics import DENOMINATORS, clip_metrics, reduce_weights
 from bandpo.rules import CLIP_METHODS, BoundRule, check_clip_method, check_eps_low, make_rule
 
 logger = logging.getLogger(__name__)
@@ -106,16 +106,16 @@ TWO_SIDED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 """TRL loss types that clip the ratio to [1 - epsilon_low, 1 + epsilon_high]."""
 TRUNCATING_LOSS_TYPES = ("cispo",)
 """TRL loss types that truncate the (detached) importance weight at epsilon_high."""
-PER_TOKEN_METHODS = ("band", "band-relax", "dcpo")
+PER_TOKEN_METHODS = ("band", "band-relax", "band-upper", "band-lower", "dcpo")
 """Rules whose bounds depend on the token's old probability."""
 TRL_CLIP_METRICS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
 """Logged by TRL itself (against the per-token bounds); not logged twice."""
 TRL_CISPO_METRIC = "cispo_clip_ratio"
 """TRL's share of truncated tokens for loss_type cispo."""
-SUMMED_METRIC_PREFIXES = ("tokens/", "clipped/")
-"""Token counts: summed over processes. Every other extra is a token-weighted mean."""
 EPSILON_HIGH_DEFAULT = 0.28
-"""epsilon_high of clip-higher (DAPO) and band-relax when GRPOConfig's epsilon_high is unset."""
+"""epsilon_high of the `FIXED_HIGH_METHODS` when GRPOConfig's epsilon_high is unset."""
+FIXED_HIGH_METHODS = ("clip-higher", "band-relax", "band-upper", "band-lower")
+"""Rules whose fixed margins are clip-higher's (DAPO's 0.2 / 0.28) by default."""
 GUARD_TOLERANCE = 2.0**-20
 """Relative slack (per token of the batch) of the per-call check, above half a token: float32 rounding
 of TRL's logged mean is 2^-24 relative."""
@@ -129,7 +129,9 @@ class BandPOConfig(GRPOConfig):
     Parameters:
         bandpo_clip_method (`str`, *optional*, defaults to `"band"`):
             Rule for the ratio interval: `"band"` (BandPO), `"band-relax"` (the band widened to contain
-            `[1 - epsilon, 1 + epsilon_high]`, `epsilon_high` defaulting to 0.28), `"clip"` (TRL's
+            `[1 - epsilon, 1 + epsilon_high]`, `epsilon_high` defaulting to 0.28), `"band-upper"` (the band's upper
+            bound over the floor `1 - epsilon`), `"band-lower"` (the band's lower bound under the ceiling
+            `1 + epsilon_high`, defaulting to 0.28), `"clip"` (TRL's
             `[1 - epsilon, 1 + epsilon_high]`), `"clip-higher"` (the same with `epsilon_high` defaulting to 0.28,
             DAPO) or `"dcpo"`.
         bandpo_divergence (`str`, *optional*, defaults to `"kl"`):
@@ -137,7 +139,8 @@ class BandPOConfig(GRPOConfig):
         bandpo_delta (`float`, *optional*, defaults to `0.05`):
             Radius of the band's trust region (> 0). Not GRPOConfig's `delta`, which is TRL's two-sided clip.
         bandpo_upper_max (`float` or `None`, *optional*, defaults to `10.0`):
-            Cap on the upper ratio bound of `"band"`, `"band-relax"` and `"dcpo"` (>= 1); `None` for no cap.
+            Cap on the upper ratio bound of `"band"`, `"band-relax"`, `"band-upper"` and `"dcpo"` (>= 1); `None` for
+            no cap.
         bandpo_dcpo_eps_low (`float`, *optional*, defaults to `0.16`):
             DCPO's lower margin.
         bandpo_dcpo_eps_high (`float`, *optional*, defaults to `0.20`):
@@ -165,7 +168,7 @@ class BandPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
-        if self.bandpo_clip_method in ("clip-higher", "band-relax") and self.epsilon_high is None:
+        if self.bandpo_clip_method in FIXED_HIGH_METHODS and self.epsilon_high is None:
             self.epsilon_high = EPSILON_HIGH_DEFAULT
         super().__post_init__()
         clipping = TWO_SIDED_LOSS_TYPES + TRUNCATING_LOSS_TYPES
@@ -197,7 +200,7 @@ class BandPOConfig(GRPOConfig):
         ValueError names the config field that is out of range.
         """
         clip_method = self.bandpo_clip_method
-        if clip_method in ("band", "band-relax"):
+        if clip_method.startswith("band"):
             if self.bandpo_divergence not in DIVERGENCES:
                 raise ValueError(
                     f"bandpo_divergence must be one of {', '.join(DIVERGENCES)}, got {self.bandpo_divergence!r}"
@@ -401,28 +404,19 @@ class BandPOTrainer(GRPOTrainer):
             old_log_probs=old_log_probs, log_probs=log_probs, mask=mask,
         )
         names = [name for name in local if name not in TRL_CLIP_METRICS]
-        token_count = mask.sum()
-        clipped_count = local["clip_ratio/region_mean"] * token_count.clamp_min(1.0)
-        # Means become sums (weighted by this process's token or clipped-token count) for one reduction.
-        weights = {"clip_ratio/low_p_high_share": clipped_count}
+        weights = reduce_weights(local)
+        # Means become sums weighted by their group's count, counts stay sums: one reduction for all.
         sums = torch.stack(
-            [token_count, clipped_count]
+            [local["tokens/valid"]]
             + [(expected[name].float() * mask).sum() for name in trl_logged]
-            + [
-                local[name] * (1.0 if name.startswith(SUMMED_METRIC_PREFIXES) else weights.get(name, token_count))
-                for name in names
-            ]
+            + [local[name] if weights[name] is None else local[name] * weights[name] for name in names]
         )
         totals = self.accelerator.reduce(sums, reduction="sum").tolist()
-        self._check_trl_counts(trl_logged, dict(zip(trl_logged, totals[2 : 2 + len(trl_logged)])), totals[0])
-        total_tokens, total_clipped = max(totals[0], 1.0), max(totals[1], 1.0)
-        for name, total in zip(names, totals[2 + len(trl_logged) :]):
-            if name.startswith(SUMMED_METRIC_PREFIXES):
-                value = total
-            elif name == "clip_ratio/low_p_high_share":
-                value = total / total_clipped
-            else:
-                value = total / total_tokens
+        self._check_trl_counts(trl_logged, dict(zip(trl_logged, totals[1 : 1 + len(trl_logged)], strict=True)), totals[0])
+        reduced = dict(zip(names, totals[1 + len(trl_logged) :], strict=True))
+        for name in names:
+            denominator = DENOMINATORS.get(name, "tokens/valid")
+            value = reduced[name] if weights[name] is None else reduced[name] / max(reduced[denominator], 1.0)
             self._metrics[mode][name].append(value)
 
     def _check_trl_counts(self, trl_logged: dict[str, float], expected_counts: dict[str, float], tokens: float) -> None:
