@@ -74,3 +74,45 @@ def test_negative_samples_are_refused():
     tokenizer = build_tiny_tokenizer()
     with pytest.raises(ValueError, match="samples must be >= 0"):
         evaluation.evaluate(build_tiny_model(tokenizer), tokenizer, PROBLEMS, 4, samples=-1)
+
+
+class RecordingBar(evaluation.tqdm):
+    """The real progress bar, recording how it was set up and advanced."""
+
+    made: list["RecordingBar"] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.updates: list[int] = []
+        RecordingBar.made.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+        return super().update(n)
+
+
+def test_progress_bar_advances_by_each_generate_calls_sequences_up_to_its_total(monkeypatch, capsys):
+    RecordingBar.made = []
+    monkeypatch.setattr(evaluation, "tqdm", RecordingBar)
+    scripted = ScriptedGeneration(
+        {p["prompt"][0]["content"]: p["answer"] for p in PROBLEMS},
+        {p["prompt"][0]["content"]: [p["answer"]] * 4 for p in PROBLEMS},
+    )
+    monkeypatch.setattr(evaluation, "_completions", scripted)
+    tokenizer = build_tiny_tokenizer()
+    evaluation.evaluate(build_tiny_model(tokenizer), tokenizer, PROBLEMS, 4, samples=4, batch_size=8, progress="before")
+    (bar,) = RecordingBar.made
+    assert bar.total == 5 * (1 + 4)  # 5 greedy sequences, then 4 samples of each of the 5 problems
+    assert bar.updates == [5, 8, 8, 4]  # one greedy call of 5, sampled calls of 2, 2 and 1 problems
+    shown = capsys.readouterr().err
+    assert "before" in shown and "25/25" in shown
+
+
+def test_progress_none_shows_nothing_and_the_bar_changes_no_result(capsys):
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    with_bar = evaluation.evaluate(model, tokenizer, PROBLEMS, 6, samples=3, seed=1, batch_size=4)
+    assert "held-out evaluation" in capsys.readouterr().err
+    silent = evaluation.evaluate(model, tokenizer, PROBLEMS, 6, samples=3, seed=1, batch_size=4, progress=None)
+    assert capsys.readouterr().err == ""
+    assert with_bar == silent
