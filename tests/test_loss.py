@@ -336,6 +336,50 @@ def test_minus_infinity_log_probs_at_masked_positions_do_not_poison_the_loss(mod
     assert torch.equal(grad2, grad)
 
 
+PADDING_VALUES = {"+inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def fill_padding(tensor, mask, value):
+    return torch.where(mask == 0, torch.full_like(tensor, value), tensor.detach())
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("value", PADDING_VALUES.values(), ids=PADDING_VALUES.keys())
+@pytest.mark.parametrize("filled", ["advantages", "log_probs", "old_log_probs", "entropy", "all"])
+def test_padding_contributes_nothing_whatever_it_holds(filled, value, mode):
+    """+-inf or NaN at masked positions of any input leave the loss, its gradient and every metric
+    exactly those of clean padding (issue 17, reproducer 8: +inf advantages gave a NaN loss)."""
+    new, old, advantages, mask = random_batch(14)
+    entropy = torch.full_like(old, 0.5)
+    clean = {"log_probs": new, "old_log_probs": old, "advantages": advantages, "entropy": entropy}
+    dirty = {name: fill_padding(tensor, mask, value) if filled in (name, "all") else tensor.detach()
+             for name, tensor in clean.items()}
+    dirty["log_probs"].requires_grad_(True)
+    results = []
+    for inputs in (clean, dirty):
+        loss, metrics = policy_loss(**inputs, mask=mask, clip=Band(), loss_agg_mode=mode, dual_clip=3.0)
+        (grad,) = torch.autograd.grad(loss, inputs["log_probs"])
+        results.append((loss, grad, metrics_to_floats(metrics)))
+    (loss, grad, metrics), (dirty_loss, dirty_grad, dirty_metrics) = results
+    assert (mask == 0).sum() >= 4 and torch.isfinite(dirty_loss)
+    assert dirty_loss.item() == loss.item()
+    assert torch.equal(dirty_grad, grad)
+    assert dirty_metrics == metrics
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_per_sequence_advantage_of_an_empty_sequence_may_be_infinite(mode):
+    """A (B,) advantage of a sequence without valid tokens (0/0 normalisation upstream) is ignored."""
+    new, old, _, mask = random_batch(15)
+    mask[2] = 0.0
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5], dtype=torch.float64)
+    loss, _ = policy_loss(new, old, advantages, mask, clip=Band(), loss_agg_mode=mode)
+    for value in PADDING_VALUES.values():
+        advantages[2] = value
+        dirty_loss, _ = policy_loss(new, old, advantages, mask, clip=Band(), loss_agg_mode=mode)
+        assert dirty_loss.item() == loss.item()
+
+
 def test_extreme_log_ratios_give_a_finite_loss_and_gradient():
     """|log r| is clamped at 20 before exp: log r = +-100 stays finite."""
     old = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]], dtype=torch.float32))
@@ -393,11 +437,12 @@ def test_advantages_must_be_per_sequence_or_per_token(shape):
         policy_loss(**inputs)
 
 
-def test_nan_advantages_are_rejected():
+def test_nan_advantages_on_valid_tokens_are_rejected():
     inputs = valid_inputs()
     inputs["advantages"] = inputs["advantages"].clone()
-    inputs["advantages"][1, 2] = math.nan
-    with pytest.raises(ValueError, match="advantages"):
+    valid_token = inputs["mask"].nonzero()[-1].tolist()
+    inputs["advantages"][tuple(valid_token)] = math.nan
+    with pytest.raises(ValueError, match=r"advantages contain NaN on valid tokens \(mask != 0\)"):
         policy_loss(**inputs)
 
 

@@ -37,8 +37,6 @@ def _check_inputs(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, 
             f"advantages must have shape {tuple(log_probs.shape[:1])} or {tuple(log_probs.shape)}, "
             f"got {tuple(advantages.shape)}"
         )
-    if torch.isnan(advantages).any():
-        raise ValueError("advantages contain NaN")
 
 
 def _check_dual_clip(dual_clip: float | None) -> None:
@@ -58,7 +56,8 @@ def per_token_policy_loss(
 
 class PolicyTerms(NamedTuple):
     """What every engine's loss is made of before it aggregates: the loss matrix and the cleaned
-    inputs the metrics need (padding read as p = 1 with ratio 1; advantages broadcast to (B, T))."""
+    inputs the metrics need (padding read as p = 1, ratio 1 and A = 0, so its loss is 0; advantages
+    broadcast to (B, T))."""
 
     loss_matrix: Tensor
     ratio: Tensor
@@ -71,7 +70,10 @@ class PolicyTerms(NamedTuple):
     dual_clip: float | None
 
     def metrics(self, entropy: Tensor | None = None) -> dict[str, Tensor]:
-        """`bandpo.metrics.clip_metrics` of these terms (with the dual-clip share when it is on)."""
+        """`bandpo.metrics.clip_metrics` of these terms (with the dual-clip share when it is on); the
+        entropy of padding, whatever it holds, is read as 0."""
+        if entropy is not None:
+            entropy = torch.where(self.mask != 0, entropy.detach(), 0.0)
         return clip_metrics(
             ratio=self.ratio, lower=self.lower, upper=self.upper, advantages=self.advantages,
             old_log_probs=self.old_log_probs, log_probs=self.log_probs.detach(), mask=self.mask, entropy=entropy,
@@ -117,9 +119,12 @@ def policy_terms(
     dual_clip: float | None = None,
 ) -> PolicyTerms:
     """The front half every engine shares (`policy_loss`, verl, OpenRLHF): validate the
-    inputs, the rule and ``dual_clip``, read padding as p = 1 with ratio 1 (it may hold any value,
-    -inf included, and then contributes 0 to the loss, its gradient and the metrics), broadcast (B,)
-    advantages, and form the clipped surrogate. Engines differ only in how they aggregate."""
+    inputs, the rule and ``dual_clip``, broadcast (B,) advantages, read padding (mask 0) as p = 1,
+    ratio 1 and A = 0, and form the clipped surrogate. Engines differ only in how they aggregate.
+
+    Padding may hold any value in any input (+-inf, NaN): its loss is exactly 0, so it contributes
+    nothing to the loss, its gradient or the metrics, however an engine aggregates. NaN advantages on
+    valid tokens are refused."""
     _check_inputs(log_probs, old_log_probs, advantages, mask)
     _check_dual_clip(dual_clip)
     if isinstance(clip, type) or not isinstance(clip, BoundRule):
@@ -134,6 +139,9 @@ def policy_terms(
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1)
     advantages = advantages.expand_as(log_probs)
+    if (torch.isnan(advantages) & valid).any():
+        raise ValueError("advantages contain NaN on valid tokens (mask != 0)")
+    advantages = torch.where(valid, advantages, 0.0)
     surrogate = clipped_surrogate(log_probs, old_log_probs, advantages, clip, dual_clip)
     return PolicyTerms(*surrogate, advantages, old_log_probs, log_probs, mask, dual_clip)
 
