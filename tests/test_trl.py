@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
 pytest.importorskip("trl")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -28,6 +29,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from bandpo import Band, policy_loss  # noqa: E402
+from bandpo.rules import CLIP_METHODS  # noqa: E402
 from bandpo.integrations import trl as bandpo_trl  # noqa: E402
 from bandpo.integrations.trl import (  # noqa: E402
     SUPPORTED_TRL,
@@ -62,7 +64,7 @@ def make_trainer(trainer_class, args, model=None, tokenizer=None):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"bandpo_clip_method": "bandpo"}, "bandpo_clip_method must be one of band, band-relax, clip, clip-higher, dcpo"),
+        ({"bandpo_clip_method": "bandpo"}, f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}"),
         ({"bandpo_divergence": "js"}, "bandpo_divergence must be one of"),
         ({"bandpo_clip_method": "band-relax", "bandpo_divergence": "js"}, "bandpo_divergence must be one of"),
         ({"bandpo_delta": 0.0}, "bandpo_delta must be a number in [1e-06, 1000]"),
@@ -80,11 +82,37 @@ def make_trainer(trainer_class, args, model=None, tokenizer=None):
         ({"importance_sampling_level": "sequence"}, "needs importance_sampling_level='token'"),
         ({"importance_sampling_level": "sequence", "bandpo_clip_method": "band-relax"}, "needs importance_sampling_level"),
         ({"importance_sampling_level": "sequence", "bandpo_clip_method": "dcpo"}, "needs importance_sampling_level"),
+        # TRL's dual clip, checked as policy_loss checks dual_clip (TRL trains on loss 0 with NaN)
+        ({"delta": float("nan")}, "delta must be None or a finite number > 1, got nan"),
+        ({"delta": -1.0}, "delta must be None or a finite number > 1, got -1.0"),
+        ({"delta": 0.5}, "delta must be None or a finite number > 1, got 0.5"),
+        ({"delta": 1.0}, "delta must be None or a finite number > 1, got 1.0"),
+        ({"delta": float("inf")}, "delta must be None or a finite number > 1, got inf"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         BandPOConfig(output_dir=str(tmp_path), **TINY_TRAINING_ARGS, **fields)
+
+
+@pytest.mark.parametrize("delta", [None, 1.0001, 3, 10.0, float("nan"), -1.0, 0.5, 1.0, float("inf")])
+def test_trl_dual_clip_is_checked_as_policy_loss_checks_its_dual_clip(tmp_path, delta):
+    """BandPOConfig accepts a delta exactly when policy_loss accepts it as dual_clip, naming its own field."""
+    def outcome(call, name):
+        try:
+            call()
+        except ValueError as error:
+            assert str(error).startswith(f"{name} must be None or a finite number > 1"), error
+            return "refused"
+        return "accepted"
+
+    config = outcome(lambda: BandPOConfig(output_dir=str(tmp_path), delta=delta, **TINY_TRAINING_ARGS), "delta")
+    loss = outcome(
+        lambda: policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([-1.0]), torch.ones(1, 3), clip=Band(), dual_clip=delta),
+        "dual_clip",
+    )
+    assert config == loss
+    assert config == ("accepted" if delta is None or (delta > 1 and delta != float("inf")) else "refused")
 
 
 def test_config_rules_and_defaults(tmp_path):
@@ -415,19 +443,126 @@ def test_guard_passes_whatever_trl_options_surround_the_clip(tmp_path, clip_meth
     assert trainer._metrics["train"]["clip_ratio/region_mean"][-1] > 0
     trainer.model.eval()
     with torch.no_grad():
-        trainer._compute_loss(trainer.model, inputs)
+        trainer.compute_loss(trainer.model, inputs)
     assert len(trainer._metrics["eval"]["clip_ratio/region_mean"]) == 1
+
+
+# --- no silent bypass: a loss computed without the bounds stops training ----------------------------
+
+
+def assert_bypass_named(error, entry, cause):
+    assert_names_versions(error)
+    message = str(error.value)
+    assert f"GRPOTrainer.{entry} computed a loss without calling GRPOTrainer._compute_loss" in message
+    assert cause in message
+
+
+def test_a_compute_loss_that_skips_the_bounded_loss_is_caught(tmp_path, monkeypatch):
+    """A TRL whose compute_loss takes another path (a fused loss, say): TRL's loss with its scalar epsilons."""
+    trainer = guard_trainer(tmp_path, max_steps=2)
+    inputs = fixed_batch(trainer)
+
+    def fused_elsewhere(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return GRPOTrainer._compute_loss(self, model, inputs)  # TRL's own loss, not BandPOTrainer's
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", fused_elsewhere)
+    trainer.current_gradient_accumulation_steps = 1  # set by train() otherwise
+    with pytest.raises(TRLCompatibilityError) as error:
+        trainer.compute_loss(trainer.model, inputs)
+    assert_bypass_named(error, "compute_loss", "a loss path that bandpo does not know")
+    with pytest.raises(TRLCompatibilityError) as error:
+        trainer.train()  # the first step is on-policy: the bypass is caught whatever the ratio
+    assert_bypass_named(error, "compute_loss", "a loss path that bandpo does not know")
+    assert trainer.state.global_step == 0  # before any optimizer step
+
+
+def test_a_training_step_that_skips_compute_loss_is_caught(tmp_path, monkeypatch):
+    trainer = guard_trainer(tmp_path, max_steps=2)
+
+    def fused_step(self, model, inputs, num_items_in_batch=None):
+        inputs = self._prepare_inputs(inputs)
+        loss = GRPOTrainer._compute_loss(self, model, inputs)
+        self.accelerator.backward(loss)
+        return loss.detach()
+
+    monkeypatch.setattr(GRPOTrainer, "training_step", fused_step)
+    with pytest.raises(TRLCompatibilityError) as error:
+        trainer.train()
+    assert_bypass_named(error, "training_step", "a loss path that bandpo does not know")
+    assert trainer.state.global_step == 0
+
+
+class ScalarClipGRPOLoss(torch.nn.Module):
+    """Stands in for liger_kernel's LigerFusedLinearGRPOLoss, which TRL 1.12 imports from liger_kernel
+    (Triton): the clipped surrogate through the LM head with TRL's scalar epsilons, token-mean. Takes
+    the arguments TRL 1.12 passes; those it does not use are accepted and ignored."""
+
+    def __init__(
+        self, *, beta, epsilon_low, epsilon_high, temperature, use_ref_model, loss_type, max_completion_length,
+        importance_sampling_level, delta, use_bias_correction_kl, sapo_temperature_pos, sapo_temperature_neg,
+        vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg,
+    ):
+        super().__init__()
+        self.epsilon_low, self.epsilon_high, self.temperature = epsilon_low, epsilon_high, temperature
+
+    def forward(
+        self, *, _input, lin_weight, selected_token_ids, attention_mask, advantages, bias, old_per_token_logps,
+        ref_per_token_logps, vllm_is_ratio, num_items_in_batch,
+    ):
+        logits = torch.nn.functional.linear(_input, lin_weight, bias) / self.temperature
+        log_probs = logits.log_softmax(-1).gather(-1, selected_token_ids.unsqueeze(-1)).squeeze(-1)
+        old_log_probs = log_probs.detach() if old_per_token_logps is None else old_per_token_logps
+        ratio = torch.exp(log_probs - old_log_probs)
+        clipped = ratio.clamp(1 - self.epsilon_low, 1 + self.epsilon_high)
+        advantages = advantages.unsqueeze(1)
+        mask = attention_mask.float()
+        tokens = mask.sum().clamp(min=1.0)
+        loss = (-torch.min(ratio * advantages, clipped * advantages) * mask).sum() / tokens
+        return loss, [((ratio != clipped).float() * mask).sum() / tokens]
+
+
+def stub_liger_kernels(monkeypatch):
+    """Liger's kernels need Triton (a GPU), so on CPU: TRL and transformers are told Liger is installed and
+    transformers' patching of the model with Liger kernels does nothing. TRL 1.13 computes its Liger GRPO
+    loss with its own copy (pure torch); TRL 1.12 imports it from liger_kernel: `ScalarClipGRPOLoss`."""
+    import transformers.trainer
+
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel", lambda model, kernel_config: None)
+    grpo_module = sys.modules[GRPOTrainer.__module__]
+    monkeypatch.setattr(grpo_module, "is_liger_kernel_available", lambda: True, raising=False)
+    if hasattr(GRPOTrainer, "compute_liger_loss") and not hasattr(grpo_module, "FusedLinearGRPOLoss"):
+        monkeypatch.setattr(grpo_module, "LigerFusedLinearGRPOLoss", ScalarClipGRPOLoss, raising=False)
+
+
+def test_liger_either_goes_through_the_bounds_or_stops_training(tmp_path, monkeypatch):
+    """use_liger_kernel=True. TRL < 1.14 computes the loss in compute_liger_loss with its scalar epsilons:
+    the first step raises, naming the version and the cause. Later TRL computes it in _compute_loss
+    (1.14 and 1.15 through a chunked log-prob path): training runs under the audited bounds."""
+    stub_liger_kernels(monkeypatch)
+    trainer = guard_trainer(tmp_path, use_liger_kernel=True, max_steps=2, learning_rate=1e-1)
+    liger_loss_path = hasattr(GRPOTrainer, "compute_liger_loss")
+    assert liger_loss_path == (Version(bandpo_trl.trl.__version__).release < (1, 14))
+    if liger_loss_path:
+        with pytest.raises(TRLCompatibilityError) as error:
+            trainer.train()
+        assert_bypass_named(error, "compute_loss", "with use_liger_kernel=True this TRL computes the loss in compute_liger_loss")
+        assert "set use_liger_kernel=False, or use TRL >= 1.14" in str(error.value)
+        assert trainer.state.global_step == 0
+    else:
+        trainer.train()
+        logs = [record for record in trainer.state.log_history if "bounds/upper_mean" in record]
+        assert len(logs) == 2 and trainer.state.global_step == 2
 
 
 # --- the supported TRL versions ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["1.16.0", "1.16.3", "1.16.1.dev0", "1.16.0+local"])
+@pytest.mark.parametrize("version", ["1.12.0", "1.13.0", "1.14.2", "1.15.0", "1.16.0", "1.16.3", "1.16.1.dev0", "1.16.0+local"])
 def test_supported_trl_versions_pass(version):
     check_trl_version(version, allow_untested=False)
 
 
-@pytest.mark.parametrize("version", ["1.17.0", "1.17.0.dev0", "1.15.2", "2.0.0", "1.16.0rc1", "not-a-version"])
+@pytest.mark.parametrize("version", ["1.17.0", "1.17.0.dev0", "1.11.2", "2.0.0", "1.12.0rc1", "not-a-version"])
 def test_unsupported_trl_versions_are_refused_or_warned(version, monkeypatch):
     monkeypatch.delenv("BANDPO_ALLOW_UNTESTED_TRL", raising=False)
     with pytest.raises(ImportError) as error:
@@ -516,3 +651,62 @@ def test_two_process_accelerate_run(tmp_path):
     # token counts are summed over both processes: one process holds at most 4 completions x 6 tokens
     buckets = ("0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0")
     assert max(sum(record[f"tokens/p_old_{b}"] for b in buckets) for record in logs) > 24
+
+
+# --- DPPO (docs/integrations/trl.md, "DPPO in TRL") ----------------------------------------------
+
+
+def binary_divergence(divergence, p_old, p):
+    """DPPO's divergence between Bern(p_old) and Bern(p), p the sampled token's probability."""
+    if divergence == "tv":
+        return (p - p_old).abs()
+    return p_old * torch.log(p_old / p) + (1 - p_old) * torch.log((1 - p_old) / (1 - p))
+
+
+def dppo_keeps_gradient(divergence, radius, old_log_probs, log_probs, advantages):
+    """DPPO's mask: a token keeps its gradient unless it left the radius in the direction its advantage
+    pushes (A > 0 and p rose, or A < 0 and p fell)."""
+    p_old, p = old_log_probs.double().exp(), log_probs.double().exp()
+    outside = binary_divergence(divergence, p_old, p) > radius
+    pushed_out = ((advantages > 0) & (p > p_old)) | ((advantages < 0) & (p < p_old))
+    return ~(outside & pushed_out)
+
+
+@pytest.mark.parametrize("divergence, radius", [("kl", 0.003), ("tv", 0.01)])
+def test_band_gradient_is_dppos_token_by_token(tmp_path, monkeypatch, divergence, radius):
+    """With DPPO's settings (no cap, no dual clip), BandPOTrainer's per-token gradient mask is DPPO's rule,
+    and each kept token's gradient is DPPO's -A min(r, C) / N (r < C = 20 on this batch)."""
+    config = BandPOConfig(
+        output_dir=str(tmp_path), loss_type="bnpo", num_iterations=2, bandpo_divergence=divergence, bandpo_delta=radius,
+        bandpo_upper_max=None, delta=None, **TINY_TRAINING_ARGS,
+    )
+    trainer = make_trainer(BandPOTrainer, config)
+    inputs = fixed_batch(trainer)
+    policy_log_probs = []
+    trl_log_probs = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def keeping_their_gradient(self, *args, **kwargs):
+        log_probs, *rest = trl_log_probs(self, *args, **kwargs)
+        log_probs.retain_grad()
+        policy_log_probs.append(log_probs)
+        return (log_probs, *rest)
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", keeping_their_gradient)
+    loss_and_gradients(trainer, inputs)
+    (log_probs,) = policy_log_probs
+    valid = inputs["completion_mask"] > 0
+    old_log_probs = inputs["old_per_token_logps"]
+    advantages = inputs["advantages"].unsqueeze(1).expand_as(log_probs)
+    p_old, p = old_log_probs.double().exp(), log_probs.detach().double().exp()
+    # no token within solver precision of the radius, so the comparison is decided by the rule alone
+    assert ((binary_divergence(divergence, p_old, p) - radius).abs()[valid] > 1e-4 * radius).all()
+
+    band_keeps = log_probs.grad != 0
+    dppo_keeps = dppo_keeps_gradient(divergence, radius, old_log_probs, log_probs.detach(), advantages)
+    assert torch.equal(band_keeps[valid], dppo_keeps[valid])
+    for pushed in (advantages > 0, advantages < 0):  # tokens cut on both sides, and tokens kept
+        assert (~dppo_keeps & pushed & valid).any() and (dppo_keeps & pushed & valid).any()
+    ratio = torch.exp(log_probs.detach() - old_log_probs)
+    dppo_gradient = -advantages * torch.clamp(ratio, max=20.0) / valid.sum()
+    assert (ratio[valid] < 20.0).all()
+    torch.testing.assert_close(log_probs.grad[valid & dppo_keeps], dppo_gradient[valid & dppo_keeps].float())

@@ -1,4 +1,4 @@
-"""BandPO for TRL 1.16: `BandPOConfig` and `BandPOTrainer`.
+"""BandPO for TRL 1.12 to 1.16: `BandPOConfig` and `BandPOTrainer`.
 
 ``BandPOTrainer`` is a thin subclass of ``trl.GRPOTrainer``. TRL clips the ratio with
 ``torch.clamp(coef_1, 1 - self.epsilon_low, 1 + self.epsilon_high)`` and counts clipped tokens with
@@ -11,10 +11,14 @@ DeepSpeed/FSDP, PEFT, vLLM generation and its importance-sampling correction, re
 works as in TRL, and TRL's own ``clip_ratio/low_mean``, ``high_mean``, ``region_mean`` count tokens
 against the per-token bounds. BandPO's extra diagnostics are logged beside them.
 
-This relies on private TRL code, so it is guarded twice:
+This relies on private TRL code (``GRPOTrainer._compute_loss`` is the same from TRL 1.12 to 1.16 but
+for a comment), so it is guarded three times:
 
 - at import, the installed TRL must be in `SUPPORTED_TRL` (ImportError otherwise;
   ``BANDPO_ALLOW_UNTESTED_TRL=1`` downgrades it to a warning);
+- on every training step and every ``compute_loss`` call, the loss must have been computed through
+  ``_compute_loss``, where the bounds are set (`TRLCompatibilityError` otherwise: TRL < 1.14 with
+  ``use_liger_kernel=True`` computes it in ``compute_liger_loss`` with the scalar epsilons);
 - on every loss call, TRL must have computed the policy log-probabilities exactly once through
   ``_get_per_token_logps_and_entropies`` and logged clip counts equal to those of the epsilons the
   trainer set (`TRLCompatibilityError` otherwise): a TRL whose loss reads other epsilons
@@ -35,7 +39,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import trl
@@ -51,9 +58,10 @@ from bandpo.rules import CLIP_METHODS, BoundRule, check_clip_method, check_eps_l
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_TRL = ">=1.16,<1.17"
+SUPPORTED_TRL = ">=1.12,<1.17"
 """TRL releases whose ``GRPOTrainer._compute_loss`` this module is tested against (the ``trl`` extra
-of pyproject.toml pins the same range)."""
+of pyproject.toml pins the same range; scripts/test-trl-matrix.sh runs the tests on 1.12.0, 1.13.0,
+1.14.2 and 1.16.0, while 1.15, whose loss is 1.16's, is untested on CPU: its fused LM head needs Triton)."""
 ALLOW_UNTESTED_TRL = "BANDPO_ALLOW_UNTESTED_TRL"
 """Environment variable: ``1`` turns the import-time version refusal into a warning. The per-call
 check of `BandPOTrainer` still raises if that TRL does not apply the bounds."""
@@ -117,8 +125,24 @@ EPSILON_HIGH_DEFAULT = 0.28
 FIXED_HIGH_METHODS = ("clip-higher", "band-relax", "band-upper", "band-lower")
 """Rules whose fixed margins are clip-higher's (DAPO's 0.2 / 0.28) by default."""
 GUARD_TOLERANCE = 2.0**-20
-"""Relative slack (per token of the batch) of the per-call check, above half a token: float32 rounding
-of TRL's logged mean is 2^-24 relative."""
+"""Relative slack per valid token of the per-call check (`clip_counts_agree`): float32 rounding of the
+mean TRL logs is 2^-24 relative per operation."""
+
+
+class Epsilons(NamedTuple):
+    """TRL's clip attributes ``epsilon_low`` / ``epsilon_high``: floats, or per-token tensors while
+    BandPOTrainer's loss runs. Two-sided loss types clamp the ratio to [1 - low, 1 + high]; cispo
+    truncates it at ``high``."""
+
+    low: Tensor | float
+    high: Tensor | float
+
+
+class RatioBounds(NamedTuple):
+    """A bound rule's per-token ratio interval [lower, upper], 1 on padding."""
+
+    lower: Tensor
+    upper: Tensor
 
 
 @dataclass
@@ -188,6 +212,8 @@ class BandPOConfig(GRPOConfig):
                 f"bandpo_clip_method {self.bandpo_clip_method!r} bounds each token by its own probability and needs "
                 f"importance_sampling_level='token', got {self.importance_sampling_level!r}"
             )
+        # TRL's dual clip, checked as policy_loss checks its dual_clip (TRL itself accepts NaN, which trains on loss 0)
+        check_number("delta", self.delta, low=1.0, low_open=True, allow_none=True)
         self.bound_rule()  # validates the rule's fields, naming them
 
     def fixed_margins(self) -> tuple[float, float]:
@@ -237,7 +263,7 @@ def never_off_policy(args: GRPOConfig, use_vllm_importance_sampling: bool = Fals
     return args.gradient_accumulation_steps % generate_every == 0 and not use_vllm_importance_sampling
 
 
-def bounds_on_valid_tokens(rule: BoundRule, old_log_probs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+def bounds_on_valid_tokens(rule: BoundRule, old_log_probs: Tensor, mask: Tensor) -> RatioBounds:
     """The rule's (lower, upper) on valid tokens; 1 on padding (masked out of every loss)."""
     valid = mask > 0
     lower = torch.ones_like(old_log_probs)
@@ -245,58 +271,102 @@ def bounds_on_valid_tokens(rule: BoundRule, old_log_probs: Tensor, mask: Tensor)
     valid_lower, valid_upper = rule.bounds(old_log_probs[valid].detach())
     lower[valid] = valid_lower.to(lower.dtype)
     upper[valid] = valid_upper.to(upper.dtype)
-    return lower, upper
+    return RatioBounds(lower, upper)
 
 
-def epsilons_for_loss_type(loss_type: str, lower: Tensor, upper: Tensor) -> tuple[Tensor | None, Tensor]:
-    """(epsilon_low, epsilon_high) that make TRL's clip of ``loss_type`` equal [lower, upper].
+def epsilons_for_loss_type(loss_type: str, bounds: RatioBounds, scalars: Epsilons) -> Epsilons:
+    """The epsilons that make TRL's clip of ``loss_type`` the interval ``bounds``.
 
-    Two-sided types clamp to [1 - epsilon_low, 1 + epsilon_high]; cispo truncates at epsilon_high
-    (and ignores epsilon_low, returned as None).
+    Two-sided types clamp to [1 - epsilon_low, 1 + epsilon_high], so epsilon_low = 1 - lower and
+    epsilon_high = upper - 1; cispo truncates at epsilon_high = upper and ignores epsilon_low, which
+    keeps its scalar.
     """
     if loss_type in TRUNCATING_LOSS_TYPES:
-        return None, upper
-    return 1.0 - lower, upper - 1.0
+        return Epsilons(scalars.low, bounds.upper)
+    return Epsilons(1.0 - bounds.lower, bounds.upper - 1.0)
 
 
-def expected_trl_clip_flags(
+def trl_clip_counts(
     loss_type: str,
     ratio: Tensor,
     advantages: Tensor,
-    epsilon_low: Tensor | float,
-    epsilon_high: Tensor | float,
+    epsilons: Epsilons,
     dual_clip: float | None,
+    mask: Tensor,
 ) -> dict[str, Tensor]:
-    """The per-token flags TRL 1.16's ``_compute_loss`` counts into its clip metrics, had it used these epsilons.
+    """The number of valid tokens TRL's ``_compute_loss`` counts into each of its clip metrics, had it
+    clipped with ``epsilons``; TRL logs each as that count over the valid tokens.
 
-    The same expressions as TRL (so the same floating-point thresholds, ``1 - epsilon_low`` and
-    ``1 + epsilon_high``): two-sided types count the ratio after the dual clip ``min(r, delta)``;
-    cispo counts ``r > epsilon_high`` with a positive advantage.
+    The same expressions as TRL 1.12-1.16 (so the same floating-point thresholds, ``1 - epsilon_low``
+    and ``1 + epsilon_high``), with r' = min(r, dual_clip) (r itself without a dual clip):
+
+        two-sided  clip_ratio/low_mean     r' < 1 - epsilon_low  and A < 0
+                   clip_ratio/high_mean    r' > 1 + epsilon_high and A > 0
+                   clip_ratio/region_mean  either
+        cispo      cispo_clip_ratio        r > epsilon_high and A > 0
+
+    ``ratio`` and ``mask`` are (B, T), ``advantages`` (B, T) or (B, 1); returns 0-d float tensors.
     """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    valid = mask.float()
     if loss_type in TRUNCATING_LOSS_TYPES:
-        return {TRL_CISPO_METRIC: (ratio > epsilon_high) & (advantages > 0)}
-    if dual_clip is not None:
-        ratio = torch.clamp(ratio, max=dual_clip)
-    low = (ratio < 1 - epsilon_low) & (advantages < 0)
-    high = (ratio > 1 + epsilon_high) & (advantages > 0)
-    return dict(zip(TRL_CLIP_METRICS, (low, high, low | high)))
+        flags = {TRL_CISPO_METRIC: (ratio > epsilons.high) & (advantages > 0)}
+    else:
+        if dual_clip is not None:
+            ratio = torch.clamp(ratio, max=dual_clip)
+        low = (ratio < 1 - epsilons.low) & (advantages < 0)
+        high = (ratio > 1 + epsilons.high) & (advantages > 0)
+        low_name, high_name, region_name = TRL_CLIP_METRICS
+        flags = {low_name: low, high_name: high, region_name: low | high}
+    return {name: (flagged.float() * valid).sum() for name, flagged in flags.items()}
+
+
+def clip_counts_agree(logged_mean: float, expected_count: float, valid_tokens: float) -> bool:
+    """Whether the clip share TRL logged over N = ``valid_tokens`` is the expected count of clipped tokens:
+
+        | logged_mean * max(N, 1) - expected_count |  <=  1/2 + GUARD_TOLERANCE * N
+
+    Both sides are the same expressions on the same tensors, so they differ only by float32 rounding
+    of TRL's mean (far below 2^-20 relative); a single token counted differently is a difference of 1.
+    NaN never agrees.
+    """
+    trl_count = logged_mean * max(valid_tokens, 1.0)
+    return abs(trl_count - expected_count) <= 0.5 + GUARD_TOLERANCE * valid_tokens
+
+
+@dataclass
+class TRLLossCapture:
+    """What BandPOTrainer sees of one call of TRL's ``_compute_loss``: the epsilons it set for it, how
+    many values each TRL clip metric held before, and the policy log-probabilities TRL computed."""
+
+    epsilons: Epsilons
+    metric_lengths_before: dict[str, int]
+    log_prob_calls: int = 0
+    log_probs: Tensor | None = None
+
+    def record_log_probs(self, log_probs: Tensor) -> None:
+        self.log_prob_calls += 1
+        self.log_probs = log_probs.detach()
 
 
 class BandPOTrainer(GRPOTrainer):
     """``trl.GRPOTrainer`` whose ratio clip interval is the per-token [lower, upper] of a bound rule.
 
-    Takes exactly GRPOTrainer's arguments; ``args`` must be a `BandPOConfig`. Every loss call
-    checks that TRL applied the bounds (`TRLCompatibilityError` if not; see the module doc).
+    Takes exactly GRPOTrainer's arguments; ``args`` must be a `BandPOConfig`. Every training step and
+    loss call checks that TRL applied the bounds (`TRLCompatibilityError` if not; see the module doc).
     """
+
+    _loss_capture: TRLLossCapture | None = None
+    """Set while TRL's `_compute_loss` runs under BandPO's epsilons."""
+    _bounded_loss_calls: int = 0
+    """Entries into `_compute_loss`, where the bounds are set."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, BandPOConfig):
             raise TypeError(f"BandPOTrainer needs args=BandPOConfig(...), got {type(self.args).__name__}")
         self.bound_rule = self.args.bound_rule()
-        self._captured_log_probs: Tensor | None = None
-        self._capture_log_probs = False
-        self._log_prob_calls = 0
         vllm_is = bool(self.use_vllm and self.vllm_importance_sampling_correction)
         if never_off_policy(self.args, vllm_is):
             logger.warning(
@@ -312,126 +382,173 @@ class BandPOTrainer(GRPOTrainer):
                 "!" * 100,
             )
 
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        """TRL's method; inside `_compute_loss` it also keeps the log-probs (and counts the calls)."""
-        per_token_logps, entropies, *rest = super()._get_per_token_logps_and_entropies(*args, **kwargs)
-        if self._capture_log_probs:
-            self._log_prob_calls += 1
-            self._captured_log_probs = per_token_logps.detach()
-        return (per_token_logps, entropies, *rest)
-
     def _incompatible(self, what: str, verdict: str = "did not apply") -> TRLCompatibilityError:
-        """The error for a loss call where TRL did not (visibly) apply the bounds."""
+        """The error for a loss where TRL did not (visibly) apply the bounds."""
         return TRLCompatibilityError(
             f"BandPOTrainer: TRL {trl.__version__} {verdict} the per-token ratio bounds of bandpo_clip_method="
             f"{self.args.bandpo_clip_method!r}: {what}. Training stopped rather than continue with a clip BandPO did "
             f"not set. bandpo.integrations.trl supports TRL {SUPPORTED_TRL} (pip install 'trl{SUPPORTED_TRL}')."
         )
 
+    # --- no loss without the bounds: every loss goes through _compute_loss ---------------------------
+
+    @contextmanager
+    def _requiring_bounded_loss(self, entry: str) -> Iterator[None]:
+        """TRLCompatibilityError if the block (TRL's ``entry``) ends without entering `_compute_loss`."""
+        calls_before = self._bounded_loss_calls
+        yield
+        if self._bounded_loss_calls == calls_before:
+            if self.args.use_liger_kernel and hasattr(self, "compute_liger_loss"):
+                cause = (
+                    "with use_liger_kernel=True this TRL computes the loss in compute_liger_loss, Liger's fused GRPO "
+                    "loss with the scalar epsilon / epsilon_high; set use_liger_kernel=False, or use TRL >= 1.14, "
+                    "whose Liger path goes through _compute_loss"
+                )
+            else:
+                cause = "it took a loss path that bandpo does not know"
+            raise self._incompatible(
+                f"GRPOTrainer.{entry} computed a loss without calling GRPOTrainer._compute_loss, where BandPOTrainer "
+                f"sets the bounds ({cause})"
+            )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """TRL's training step; TRLCompatibilityError (after its backward, before any optimizer step) if
+        no loss of the step went through `_compute_loss`."""
+        with self._requiring_bounded_loss("training_step"):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's ``compute_loss`` (training and evaluation); TRLCompatibilityError, before any backward, if
+        it did not go through `_compute_loss`."""
+        with self._requiring_bounded_loss("compute_loss"):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    # --- the bounds, set for one call of TRL's _compute_loss and audited after it ------------------
+
     def _trl_clip_metric_names(self) -> tuple[str, ...]:
         return (TRL_CISPO_METRIC,) if self.loss_type in TRUNCATING_LOSS_TYPES else TRL_CLIP_METRICS
 
+    @contextmanager
+    def _trl_loss_with(self, epsilons: Epsilons, mode: str) -> Iterator[TRLLossCapture]:
+        """Sets TRL's ``epsilon_low`` / ``epsilon_high`` to ``epsilons`` and records the log-probabilities
+        TRL computes, for one call of TRL's ``_compute_loss``; the scalars are restored even on error."""
+        scalars = Epsilons(self.epsilon_low, self.epsilon_high)
+        capture = TRLLossCapture(
+            epsilons=epsilons,
+            metric_lengths_before={name: len(self._metrics[mode][name]) for name in self._trl_clip_metric_names()},
+        )
+        self.epsilon_low, self.epsilon_high = epsilons
+        self._loss_capture = capture
+        try:
+            yield capture
+        finally:
+            self.epsilon_low, self.epsilon_high = scalars
+            self._loss_capture = None
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        """TRL's method; inside `_compute_loss` it also records the log-probs (and counts the calls)."""
+        per_token_logps, entropies, *rest = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._loss_capture is not None:
+            self._loss_capture.record_log_probs(per_token_logps)
+        return (per_token_logps, entropies, *rest)
+
     def _compute_loss(self, model, inputs):
-        """TRL's loss with epsilon_low / epsilon_high set to the batch's per-token bounds, then checked."""
+        """TRL's loss with epsilon_low / epsilon_high set to the batch's per-token bounds, then audited."""
+        self._bounded_loss_calls += 1
         mask = inputs["completion_mask"]
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
         old_log_probs = inputs.get("old_per_token_logps")
-        scalar_epsilons = (self.epsilon_low, self.epsilon_high)
+        token_level = self.importance_sampling_level == "token"
+        epsilons = Epsilons(self.epsilon_low, self.epsilon_high)
         bounds = None
-        if old_log_probs is not None and self.importance_sampling_level == "token":
+        if old_log_probs is not None and token_level:
             bounds = bounds_on_valid_tokens(self.bound_rule, old_log_probs, mask)
-            epsilon_low, self.epsilon_high = epsilons_for_loss_type(self.loss_type, *bounds)
-            if epsilon_low is not None:
-                self.epsilon_low = epsilon_low
-        applied = (self.epsilon_low, self.epsilon_high)  # what TRL's clamp and clip counts must use
+            epsilons = epsilons_for_loss_type(self.loss_type, bounds, epsilons)
         mode = "train" if self.model.training else "eval"
-        logged_before = {name: len(self._metrics[mode][name]) for name in self._trl_clip_metric_names()}
-        self._log_prob_calls = 0
-        self._captured_log_probs = None
-        self._capture_log_probs = True
-        try:
+        with self._trl_loss_with(epsilons, mode) as capture:
             loss = super()._compute_loss(model, inputs)
-        finally:
-            self.epsilon_low, self.epsilon_high = scalar_epsilons
-            self._capture_log_probs = False
-        log_probs, self._captured_log_probs = self._captured_log_probs, None
-        if self._log_prob_calls != 1:
+        if capture.log_prob_calls != 1:
             raise self._incompatible(
-                f"its loss computed the policy log-probabilities {self._log_prob_calls} time(s) through "
+                f"its loss computed the policy log-probabilities {capture.log_prob_calls} time(s) through "
                 "_get_per_token_logps_and_entropies (expected exactly once), so the ratio it clipped is not the "
                 "one BandPO bounded and checked"
             )
-        if self.importance_sampling_level == "token":
+        if token_level:
             if old_log_probs is None:  # on-policy: TRL uses the current log-probs, the ratio is 1
-                old_log_probs = log_probs
+                old_log_probs = capture.log_probs
                 bounds = bounds_on_valid_tokens(self.bound_rule, old_log_probs, mask)
-            trl_logged = {}
-            for name, before in logged_before.items():
-                values = self._metrics[mode][name]
-                if len(values) != before + 1:
-                    raise self._incompatible(
-                        f"its loss logged {len(values) - before} value(s) of {name} (expected exactly one), so "
-                        "whether its clamp used the per-token epsilon_low / epsilon_high cannot be checked",
-                        verdict="gave no way to check that it applied",
-                    )
-                trl_logged[name] = values[-1]
-            self._check_and_log(log_probs, old_log_probs, bounds, applied, trl_logged, inputs["advantages"], mask, mode)
+            trl_logged = self._trl_logged_clip_shares(capture, mode)
+            self._check_and_log(capture, old_log_probs, bounds, trl_logged, inputs["advantages"], mask, mode)
         return loss
+
+    def _trl_logged_clip_shares(self, capture: TRLLossCapture, mode: str) -> dict[str, float]:
+        """The one value TRL logged for each of its clip metrics during the call (TRLCompatibilityError otherwise)."""
+        logged = {}
+        for name, length_before in capture.metric_lengths_before.items():
+            values = self._metrics[mode][name]
+            if len(values) != length_before + 1:
+                raise self._incompatible(
+                    f"its loss logged {len(values) - length_before} value(s) of {name} (expected exactly one), so "
+                    "whether its clamp used the per-token epsilon_low / epsilon_high cannot be checked",
+                    verdict="gave no way to check that it applied",
+                )
+            logged[name] = values[-1]
+        return logged
+
+    def _sum_over_processes(self, groups: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, float]]:
+        """Every named 0-d tensor of every group summed over processes, in one collective."""
+        keys = [(group, name) for group, values in groups.items() for name in values]
+        stacked = torch.stack([groups[group][name].float() for group, name in keys])
+        totals = self.accelerator.reduce(stacked, reduction="sum").tolist()
+        summed: dict[str, dict[str, float]] = {group: {} for group in groups}
+        for (group, name), total in zip(keys, totals, strict=True):
+            summed[group][name] = total
+        return summed
 
     @torch.no_grad()
     def _check_and_log(
         self,
-        log_probs: Tensor,
+        capture: TRLLossCapture,
         old_log_probs: Tensor,
-        bounds: tuple[Tensor, Tensor],
-        applied: tuple[Tensor | float, Tensor | float],
+        bounds: RatioBounds,
         trl_logged: dict[str, float],
         advantages: Tensor,
         mask: Tensor,
         mode: str,
     ) -> None:
-        """Checks TRL's clip counts against the epsilons set (all processes reach the same verdict), then
-        logs BandPO's extra diagnostics (`bandpo.metrics.clip_metrics`), both in one reduction."""
+        """Checks TRL's clip shares against the counts of the epsilons set (`trl_clip_counts`; all processes
+        reach the same verdict), then logs BandPO's extra diagnostics (`bandpo.metrics.clip_metrics`), both
+        in one reduction."""
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
         mask = mask.float()
+        log_probs = capture.log_probs
         ratio = torch.exp(log_probs - old_log_probs)
-        expected = expected_trl_clip_flags(self.loss_type, ratio, advantages, *applied, self.args.delta)
-        lower, upper = bounds
+        expected = trl_clip_counts(self.loss_type, ratio, advantages, capture.epsilons, self.args.delta, mask)
         local = clip_metrics(
-            ratio=ratio, lower=lower, upper=upper, advantages=advantages.expand_as(ratio),
+            ratio=ratio, lower=bounds.lower, upper=bounds.upper, advantages=advantages.expand_as(ratio),
             old_log_probs=old_log_probs, log_probs=log_probs, mask=mask,
         )
-        names = [name for name in local if name not in TRL_CLIP_METRICS]
+        diagnostics = {name: value for name, value in local.items() if name not in TRL_CLIP_METRICS}
         weights = reduce_weights(local)
         # Means become sums weighted by their group's count, counts stay sums: one reduction for all.
-        sums = torch.stack(
-            [local["tokens/valid"]]
-            + [(expected[name].float() * mask).sum() for name in trl_logged]
-            + [local[name] if weights[name] is None else local[name] * weights[name] for name in names]
-        )
-        totals = self.accelerator.reduce(sums, reduction="sum").tolist()
-        self._check_trl_counts(trl_logged, dict(zip(trl_logged, totals[1 : 1 + len(trl_logged)], strict=True)), totals[0])
-        reduced = dict(zip(names, totals[1 + len(trl_logged) :], strict=True))
-        for name in names:
+        weighted = {name: value if weights[name] is None else value * weights[name] for name, value in diagnostics.items()}
+        totals = self._sum_over_processes({"trl_counts": expected, "diagnostics": weighted})
+        summed = totals["diagnostics"]
+        self._check_trl_counts(trl_logged, totals["trl_counts"], summed["tokens/valid"])
+        for name in diagnostics:
             denominator = DENOMINATORS.get(name, "tokens/valid")
-            value = reduced[name] if weights[name] is None else reduced[name] / max(reduced[denominator], 1.0)
+            value = summed[name] if weights[name] is None else summed[name] / max(summed[denominator], 1.0)
             self._metrics[mode][name].append(value)
 
     def _check_trl_counts(self, trl_logged: dict[str, float], expected_counts: dict[str, float], tokens: float) -> None:
-        """TRLCompatibilityError unless each mean TRL logged equals the expected count over ``tokens`` valid tokens.
-
-        Both sides are the same expressions on the same tensors, reduced the same way, so they agree up
-        to float32 rounding of TRL's mean; one token counted differently is a difference of 1.
-        """
-        tolerance = 0.5 + GUARD_TOLERANCE * tokens
+        """TRLCompatibilityError unless each share TRL logged agrees with the expected count (`clip_counts_agree`)."""
         for name, logged in trl_logged.items():
-            trl_count = logged * max(tokens, 1.0)
-            if not abs(trl_count - expected_counts[name]) <= tolerance:  # also catches NaN
+            if not clip_counts_agree(logged, expected_counts[name], tokens):
                 raise self._incompatible(
-                    f"TRL logged {name} = {logged:.6g} ({trl_count:.1f} of {tokens:.0f} valid tokens) for this batch, "
-                    f"but the per-token epsilon_low / epsilon_high BandPOTrainer set give "
+                    f"TRL logged {name} = {logged:.6g} ({logged * max(tokens, 1.0):.1f} of {tokens:.0f} valid tokens) "
+                    f"for this batch, but the per-token epsilon_low / epsilon_high BandPOTrainer set give "
                     f"{expected_counts[name] / max(tokens, 1.0):.6g} ({expected_counts[name]:.0f} tokens): its clamp "
                     "used other bounds"
                 )
