@@ -1,5 +1,5 @@
 """Specification of ``bandpo bounds`` (``bandpo.cli.bounds``): the Band operator's bounds as a table
-and as the paper's two figures, with the relax variant on request.
+and as the paper's two figures, with the relax variant and the sided rules on request.
 
 Expected values are SPEC §2.1's reference values, or the rules' own bounds (tested against
 mpmath in tests/test_divergences.py and tests/test_rules.py).
@@ -52,6 +52,26 @@ def test_relax_adds_each_band_widened_to_the_fixed_interval(capsys):
     assert rows["kl+relax", 0.01] == rows["kl", 0.01]  # a rare one: the band, already wider
 
 
+def test_sided_adds_band_upper_and_band_lower_rows(capsys):
+    """--sided: '<divergence>+upper' is (1 - eps_low, band's upper), '<divergence>+lower' (band's lower, 1 + eps_high)."""
+    main(["bounds", "--divergence", "kl", "tv", "--delta", "0.05", "--p", "0.01", "0.5", "0.9", "--sided"])
+    rows = table_rows(capsys.readouterr().out)
+    for name in ("kl", "tv"):
+        for p in (0.01, 0.5, 0.9):
+            lower, upper = rows[name, p]
+            assert rows[f"{name}+upper", p] == pytest.approx((0.8, upper), abs=1e-5)
+            assert rows[f"{name}+lower", p] == pytest.approx((lower, 1.28), abs=1e-5)
+
+
+def test_sided_takes_the_eps_flags_and_combines_with_relax(capsys):
+    main(["bounds", "--divergence", "kl", "--p", "0.1", "--sided", "--relax", "--eps-low", "0.1", "--eps-high", "0.5"])
+    rows = table_rows(capsys.readouterr().out)
+    lower, upper = rows["kl", 0.1]
+    assert rows["kl+upper", 0.1] == pytest.approx((0.9, upper), abs=1e-5)
+    assert rows["kl+lower", 0.1] == pytest.approx((lower, 1.5), abs=1e-5)
+    assert ("kl+relax", 0.1) in rows
+
+
 def test_relax_takes_the_eps_flags(capsys):
     main(["bounds", "--divergence", "kl", "--p", "0.9", "--relax", "--eps-low", "0.1", "--eps-high", "0.1"])
     rows = table_rows(capsys.readouterr().out)
@@ -65,7 +85,7 @@ def test_upper_max_caps_the_table(capsys):
     assert rows["kl", 0.0001][1] == 10.0
 
 
-@pytest.mark.parametrize("relax", [[], ["--relax"]])
+@pytest.mark.parametrize("relax", [[], ["--relax"], ["--sided"]])
 def test_plot_writes_the_figure(tmp_path, capsys, relax):
     pytest.importorskip("matplotlib")  # the plots extra; the test venv has it (trl extra)
     path = tmp_path / "figures" / "bounds.png"

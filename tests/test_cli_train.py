@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from tiny_models import save_tiny_model  # noqa: E402
 
 from bandpo.cli import compare, train  # noqa: E402
+from bandpo.cli.main import build_parser  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -180,31 +182,37 @@ def test_train_clip_method_flag(tmp_path, tiny_model_dir, monkeypatch):
     assert train.describe_rule(prepared.config) == "band-relax (tv, delta 0.01, upper_max 10.0, relaxed to 0.2/0.28)"
 
 
-def test_study_preset_runs_every_method_over_three_seeds_on_one_held_out_set(tmp_path, tiny_model_dir, monkeypatch):
-    """The study's path end to end (2 steps per run on the tiny model), then resumed without retraining."""
+def test_study_preset_path_over_two_rules_and_two_seeds_on_one_held_out_set(tmp_path, tiny_model_dir, monkeypatch):
+    """The study's path end to end (2 steps per run on the tiny model, 8 held-out problems instead of 128),
+    then resumed without retraining. The bare preset's rules and seeds: test_study_preset_defaults_*."""
     out = tmp_path / "study"
-    argv = ["--preset", "study", "--model", tiny_model_dir, "--steps", "2", "--output-dir", str(out)]
+    config = tmp_path / "small-eval.yaml"
+    config.write_text("eval_problems: 8\n")
+    argv = ["--preset", "study", "--model", tiny_model_dir, "--steps", "2", "--output-dir", str(out),
+            "--config", str(config), "--clip-methods", "band", "clip-higher", "--seeds", "0", "1"]
     assert compare.main(argv) == 0
     rows = json.loads((out / "table.json").read_text())
-    assert [(row["method"], row["seed"]) for row in rows] == [(m, s) for s in (0, 1, 2) for m in compare.DEFAULT_CLIP_METHODS]
+    assert [(row["method"], row["seed"]) for row in rows] == [(m, s) for s in (0, 1) for m in ("band", "clip-higher")]
     required = {"accuracy_before", "accuracy_after", "pass_at_8_before", "pass_at_8_after", "entropy_last_quarter",
-                "clip_rate_off_policy", "low_p_high_share"}
+                "clip_rate_off_policy", "low_p_high_share", "ppo_kl_off_policy", "clip_low_rate_off_policy",
+                "clip_high_rate_off_policy", "low_p_pos_log_ratio", "low_p_neg_log_ratio"}
     assert all(required <= set(row) and row["steps"] == 2 for row in rows)
+    assert all(row["ppo_kl_off_policy"] is not None for row in rows)  # step 2 is off-policy and logs it
     # One base-model evaluation serves every run: same held-out set for every method and seed.
     baseline = json.loads((out / "baseline.json").read_text())
-    assert baseline["key"]["eval_problems"] == 128 and baseline["key"]["eval_samples"] == 8
+    assert baseline["key"]["eval_problems"] == 8 and baseline["key"]["eval_samples"] == 8
     assert {(row["accuracy_before"], row["pass_at_8_before"]) for row in rows} == {
         (baseline["result"]["accuracy"], baseline["result"]["pass_at_k"])
     }
     statistics = json.loads((out / "statistics.json").read_text())
-    assert statistics["per_method"]["band"]["accuracy_after"]["n"] == 3
-    assert {(d["baseline"], d["field"]) for d in statistics["paired_differences"]} >= {
-        ("clip-higher", "accuracy_after"), ("clip", "accuracy_after"), ("clip-higher", "pass_at_8_after")
+    assert statistics["per_method"]["band"]["accuracy_after"]["n"] == 2
+    assert {(d["method"], d["baseline"], d["field"]) for d in statistics["paired_differences"]} >= {
+        ("band", "clip-higher", "accuracy_after"), ("band", "clip-higher", "pass_at_8_after")
     }
     text = (out / "table.md").read_text()
     assert "mean ± sd" in text and "band − clip-higher" in text
-    for method in compare.DEFAULT_CLIP_METHODS:
-        assert (out / f"{method}-seed2" / "metrics.jsonl").is_file()
+    for method in ("band", "clip-higher"):
+        assert (out / f"{method}-seed1" / "metrics.jsonl").is_file()
 
     # Resuming retrains nothing: every run and the baseline are reused.
     import bandpo.training.comparison as comparison
@@ -242,3 +250,17 @@ def test_compare_checks_its_configuration_before_loading(tmp_path, tiny_model_di
     argv = ["--model", tiny_model_dir, "--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "cmp")]
     assert compare.main(argv) == 2
     assert "--config: cannot read" in capsys.readouterr().err
+
+
+def test_study_preset_defaults_are_the_runs_committed_in_docs_study(monkeypatch):
+    """``bandpo compare --preset study --output-dir docs/study`` alone plans exactly the committed runs."""
+    import bandpo.training.comparison as comparison
+
+    planned = {}
+    monkeypatch.setattr(comparison, "plan_comparison",
+                        lambda preset, clip_methods, seeds, *a, **k: planned.update(methods=clip_methods, seeds=seeds))
+    args = build_parser().parse_args(["compare", "--preset", "study", "--output-dir", "docs/study"])
+    args.configure(args)
+    committed = {run.name for run in (Path(__file__).parents[1] / "docs" / "study").glob("*-seed*")}
+    assert {f"{m}-seed{s}" for m in planned["methods"] for s in planned["seeds"]} == committed
+    assert planned["methods"][:4] == list(compare.DEFAULT_CLIP_METHODS)  # the published four first, as recorded

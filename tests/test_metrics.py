@@ -9,6 +9,11 @@ Over valid tokens (N of them), with ratio r, bounds [l, u], advantage A, old pro
     clip_ratio/low_p_high_share  #{r > u, A > 0, p < 0.2} / #{gradient cut}             (Fig. 3b)
     bounds/lower_mean, bounds/upper_mean, policy/ppo_kl = mean(log pi_old - log pi), entropy/mean
     tokens/p_old_<bucket>, clipped/p_old_<bucket>: counts of valid / gradient-cut tokens by p
+
+The mechanism split, each over its own group (low p: p < 0.2, high p: p >= 0.2):
+
+    clip_ratio/{low,high}_mean_{low,high}_p   #{cut on that side in the group} / #{group}
+    policy/low_p_{pos,neg}_log_ratio          mean log r over low-p tokens with A > 0 / A < 0
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pytest
 import torch
 
 from bandpo import DCPO, Band, FixedClip, clip_metrics, metrics_to_floats, policy_loss
+from bandpo.metrics import COUNT_PREFIXES, DENOMINATORS, reduce_weights
 
 # A hand-built 2 x 5 batch under FixedClip(0.2, 0.2), bounds [0.8, 1.2]. Row 1's last two tokens
 # are padding built to look clipped (they must not count).
@@ -220,3 +226,60 @@ def test_dual_clip_share_counts_negative_advantage_tokens_whose_loss_is_capped()
                    log_probs=zeros, mask=mask)
     assert clip_metrics(**tensors, dual_clip=3.0)["clip_ratio/dual_clip_mean"].item() == pytest.approx(1 / 3)
     assert "clip_ratio/dual_clip_mean" not in clip_metrics(**tensors)
+
+
+# --- the mechanism split: by side and by p, and the log-ratio of rare tokens by sign of A --------
+
+
+def test_group_counts(metrics):
+    """valid 8, gradient-cut 4; low p (p < 0.2): 3, of which A > 0: 1 and A < 0: 2; high p: 5."""
+    counts = {name: metrics[f"tokens/{name}"].item() for name in ("valid", "clipped", "low_p", "high_p",
+                                                                    "low_p_pos", "low_p_neg")}
+    assert counts == {"valid": 8, "clipped": 4, "low_p": 3, "high_p": 5, "low_p_pos": 1, "low_p_neg": 2}
+
+
+def test_clipped_share_by_side_within_each_p_group(metrics):
+    """low p: none cut below, 1 of 3 cut above (p 0.10); high p: 1 of 5 below (p 0.90), 2 of 5 above."""
+    assert metrics["clip_ratio/low_mean_low_p"].item() == 0.0
+    assert metrics["clip_ratio/high_mean_low_p"].item() == pytest.approx(1 / 3)
+    assert metrics["clip_ratio/low_mean_high_p"].item() == pytest.approx(1 / 5)
+    assert metrics["clip_ratio/high_mean_high_p"].item() == pytest.approx(2 / 5)
+
+
+def test_low_p_log_ratio_by_sign_of_the_advantage(metrics):
+    """A > 0: the p 0.10 token rose by r = 1.5 (padding's r = 3 excluded); A < 0: r = 1.1 and r = 2.0."""
+    assert metrics["policy/low_p_pos_log_ratio"].item() == pytest.approx(math.log(1.5))
+    assert metrics["policy/low_p_neg_log_ratio"].item() == pytest.approx((math.log(1.1) + math.log(2.0)) / 2)
+
+
+def test_empty_groups_give_zero_not_nan():
+    new, old, advantages, mask = hand_batch()
+    _, metrics = policy_loss(new, old, advantages.abs(), mask, clip=FixedClip())  # no A < 0 anywhere
+    assert metrics["tokens/low_p_neg"].item() == 0
+    assert metrics["policy/low_p_neg_log_ratio"].item() == 0.0
+
+
+def test_every_group_mean_has_a_count_metric_as_denominator(metrics):
+    for name, denominator in DENOMINATORS.items():
+        assert name in metrics and denominator in metrics and denominator.startswith(COUNT_PREFIXES)
+
+
+def test_reduce_weights_recombine_shards_into_the_whole_batch():
+    """Weighting each mean by its group's count, summing over shards and dividing by the summed count
+    gives the metrics of the concatenated batch: what an engine does across processes."""
+    new, old, advantages, mask = hand_batch()
+    clip = Band("kl", 0.5)
+    whole = metrics_to_floats(policy_loss(new, old, advantages, mask, clip=clip)[1])
+    shards = [metrics_to_floats(policy_loss(new[i : i + 1], old[i : i + 1], advantages[i : i + 1], mask[i : i + 1],
+                                            clip=clip)[1]) for i in range(2)]
+    sums: dict[str, float] = {}
+    for shard in shards:
+        weights = reduce_weights(shard)
+        for name, value in shard.items():
+            sums[name] = sums.get(name, 0.0) + (value if weights[name] is None else value * weights[name])
+    for name, total in sums.items():
+        if name.startswith(COUNT_PREFIXES):
+            assert total == whole[name], name
+        else:
+            denominator = sums[DENOMINATORS.get(name, "tokens/valid")]
+            assert total / max(denominator, 1.0) == pytest.approx(whole[name], rel=1e-6, abs=1e-9), name  # float32 logging

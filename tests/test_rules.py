@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from bandpo import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, band, make_rule
+from bandpo import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, Sided, band, make_rule
 
 
 def log_p(*probabilities: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -34,6 +34,8 @@ ALL_RULES = [
     pytest.param(Band(), id="band-kl"),
     pytest.param(Band("tv", 0.1), id="band-tv"),
     pytest.param(Band(relax=(0.2, 0.28)), id="band-relax"),
+    pytest.param(make_rule("band-upper"), id="band-upper"),
+    pytest.param(make_rule("band-lower"), id="band-lower"),
     pytest.param(FixedClip(), id="clip"),
     pytest.param(DCPO(), id="dcpo"),
 ]
@@ -371,3 +373,61 @@ def test_band_passes_its_kernel_to_the_operator(kernel):
     expected = band(old_log_probs, 0.05, "kl", upper_max=10.0, kernel="eager")
     for got, reference in zip(Band("kl", 0.05, kernel=kernel).bounds(old_log_probs), expected):
         torch.testing.assert_close(got, reference, rtol=2e-5, atol=1e-6)
+
+
+# --- Sided rules: band-upper, band-lower ---------------------------------------------------------
+
+SIDED_P = (1e-6, 1e-3, 0.01, 0.08, 0.2, 0.5, 0.9, 0.999, 1.0)
+
+
+@pytest.mark.parametrize("divergence, delta, upper_max", [("kl", 0.05, 10.0), ("tv", 0.1, None), ("chi2", 0.02, 3.0)])
+def test_band_upper_is_the_bands_upper_bound_over_the_fixed_floor(divergence, delta, upper_max):
+    """band-upper: lower = 1 - eps_low exactly, upper = Band's upper exactly (cap included)."""
+    x = log_p(*SIDED_P)
+    band_lower, band_upper = Band(divergence, delta, upper_max).bounds(x)
+    lower, upper = make_rule("band-upper", divergence=divergence, delta=delta, upper_max=upper_max).bounds(x)
+    assert torch.equal(upper, band_upper)
+    assert torch.equal(lower, torch.full_like(x, 1.0 - 0.2))
+    assert not torch.equal(lower, band_lower)  # the band's own lower bound differs: the floor is not the band's
+
+
+@pytest.mark.parametrize("divergence, delta, upper_max", [("kl", 0.05, 10.0), ("tv", 0.1, None), ("chi2", 0.02, 3.0)])
+def test_band_lower_is_the_bands_lower_bound_under_the_fixed_ceiling(divergence, delta, upper_max):
+    """band-lower: lower = Band's lower exactly, upper = 1 + eps_high exactly (no cap needed)."""
+    x = log_p(*SIDED_P)
+    band_lower, band_upper = Band(divergence, delta, upper_max).bounds(x)
+    lower, upper = make_rule("band-lower", divergence=divergence, delta=delta, upper_max=upper_max).bounds(x)
+    assert torch.equal(lower, band_lower)
+    assert torch.equal(upper, torch.full_like(x, 1.0 + 0.28))
+    assert not torch.equal(upper, band_upper)
+
+
+def test_sided_rules_default_to_clip_highers_margins_and_take_eps_overrides():
+    assert make_rule("band-upper") == Sided(FixedClip(0.2, 0.28), Band("kl", 0.05, 10.0))
+    assert make_rule("band-lower") == Sided(Band("kl", 0.05, 10.0), FixedClip(0.2, 0.28))
+    assert make_rule("band-upper", eps_low=0.1, delta=0.1) == Sided(FixedClip(0.1, 0.28), Band("kl", 0.1, 10.0))
+    assert make_rule("band-lower", eps_high=0.3) == Sided(Band("kl", 0.05, 10.0), FixedClip(0.2, 0.3))
+
+
+def test_band_upper_and_band_lower_together_are_the_band():
+    """Each sided rule replaces exactly one side of clip-higher: their band sides recombine into Band."""
+    x = log_p(*SIDED_P)
+    lower, _ = make_rule("band-lower").bounds(x)
+    _, upper = make_rule("band-upper").bounds(x)
+    band_lower, band_upper = Band().bounds(x)
+    assert torch.equal(lower, band_lower) and torch.equal(upper, band_upper)
+
+
+def test_sided_takes_each_side_from_its_rule():
+    x = log_p(0.01, 0.5, 0.9)
+    lower, upper = Sided(DCPO(), FixedClip(0.1, 0.5)).bounds(x)
+    assert torch.equal(lower, DCPO().bounds(x)[0])
+    assert torch.equal(upper, torch.full_like(x, 1.5))
+
+
+@pytest.mark.parametrize("side", ["lower_rule", "upper_rule"])
+@pytest.mark.parametrize("rule", [Band, "band", None, 0.2])
+def test_sided_needs_rule_instances(side, rule):
+    rules = {"lower_rule": FixedClip(), "upper_rule": Band(), side: rule}
+    with pytest.raises(ValueError, match=side):
+        Sided(**rules)

@@ -65,7 +65,7 @@ def test_run_row_without_sampled_evaluation_has_no_pass_at_k():
     row = statistics.run_row(summary_of("clip", 0, 0.5), records, generate_every=2)
     assert not any(key.startswith(("pass_at", "mean_at")) for key in row)
     assert statistics.compared_fields(0) == ("accuracy_after", "entropy_last_quarter", "reward_last_quarter",
-                                             "clip_rate_off_policy", "low_p_high_share")
+                                             "clip_rate_off_policy", "low_p_high_share", *statistics.MECHANISM_FIELDS)
     assert "pass_at_8_after" in statistics.compared_fields(8)
 
 
@@ -104,3 +104,26 @@ def test_tables_show_every_run_and_every_method():
     assert "| band | 0.550 ± 0.071 (n=2) |" in methods
     diff = statistics.paired_differences(rows, "accuracy_after", "band", "clip")
     assert "| band − clip | accuracy_after | s0: +0.000, s1: +0.000 | +0.000 |" in statistics.format_differences_table([diff])
+
+
+def test_run_row_averages_the_mechanism_metrics_over_off_policy_steps():
+    """ppo_kl, each side's clip rate and the low-p log-ratios: means over the off-policy steps (2, 3, 4)."""
+    records = records_of([0.0, 0.1, 0.2, 0.3], [0.0] * 4, [1.0] * 4, [0.0, None, None, None])
+    for step, record in enumerate(records[:4], start=1):
+        record.update({"policy/ppo_kl": 0.01 * step, "clip_ratio/low_mean": 0.1 * step,
+                       "clip_ratio/high_mean": 0.2 * step, "policy/low_p_pos_log_ratio": 0.3 * step,
+                       "policy/low_p_neg_log_ratio": -0.4 * step})
+    row = statistics.run_row(summary_of("band", 0, 0.5), records, generate_every=4)
+    mean_step = (2 + 3 + 4) / 3  # step 1 has ratio 1 and is left out
+    assert row["ppo_kl_off_policy"] == pytest.approx(0.01 * mean_step)
+    assert row["clip_low_rate_off_policy"] == pytest.approx(0.1 * mean_step)
+    assert row["clip_high_rate_off_policy"] == pytest.approx(0.2 * mean_step)
+    assert row["low_p_pos_log_ratio"] == pytest.approx(0.3 * mean_step)
+    assert row["low_p_neg_log_ratio"] == pytest.approx(-0.4 * mean_step)
+
+
+def test_a_run_recorded_before_a_metric_existed_gets_none_for_it():
+    records = records_of([0.0, 0.1], [0.0, 0.0], [1.0, 1.0], [0.0, None])
+    row = statistics.run_row(summary_of("clip", 0, 0.5), records, generate_every=2)
+    assert row["low_p_pos_log_ratio"] is None and row["ppo_kl_off_policy"] is None
+    assert row["clip_rate_off_policy"] == pytest.approx(0.1)

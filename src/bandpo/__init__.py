@@ -6,7 +6,7 @@ from bandpo.divergences import DIVERGENCES, Divergence, get_divergence
 from bandpo.grpo import entropy_from_logits, group_advantages, kl_penalty
 from bandpo.loss import per_token_policy_loss, policy_loss
 from bandpo.metrics import clip_metrics, metrics_to_floats
-from bandpo.rules import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, make_rule
+from bandpo.rules import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, Sided, make_rule
 
 __all__ = [
     "CLIP_METHODS",
@@ -17,6 +17,7 @@ __all__ = [
     "BoundRule",
     "Divergence",
     "FixedClip",
+    "Sided",
     "aggregate",
     "band",
     "clip_metrics",

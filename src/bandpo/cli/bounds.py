@@ -4,7 +4,8 @@ The figure has two panels, as the paper's Figures 1-2: ratio bounds [lower, uppe
 old probability p, and the allowed probability change q - p = (r - 1) p against p, with DAPO's
 fixed interval, DCPO and the simplex limits (r in [0, 1/p], i.e. q - p in [-p, 1 - p]) beside
 the Band curves. ``--relax`` adds the relax variant (band-relax: each band widened to contain
-[1 - eps_low, 1 + eps_high]) to both.
+[1 - eps_low, 1 + eps_high]) to both, ``--sided`` the sided rules (band-upper: the band's upper bound
+over the floor 1 - eps_low; band-lower: the band's lower bound under the ceiling 1 + eps_high).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import torch
 from bandpo.band import check_delta, check_upper_max
 from bandpo.checks import check_number
 from bandpo.divergences import DIVERGENCES
-from bandpo.rules import DCPO, Band, FixedClip, check_eps_low
+from bandpo.rules import DCPO, BoundRule, FixedClip, check_eps_low, make_rule
 
 DEFAULT_P = (1e-4, 1e-3, 0.01, 0.05, 0.08, 0.1, 0.2, 0.5, 0.8, 0.9, 0.99)
+VARIANT_STYLES = {"band": ("-.", 2.4), "band-relax": (":", 1.6), "band-upper": ((0, (6, 2)), 1.6),
+                  "band-lower": ((0, (1, 2, 4, 2)), 1.6)}
+"""Line style and width of each band rule's curves in the figure."""
 BAND_COLOURS = {"kl": "#7f9fe0", "tv": "#d9786a", "chi2": "#f2c39a", "reverse_kl": "#7fbf8f", "hellinger": "#a58fd0"}
 
 
@@ -37,16 +41,31 @@ def add_bounds_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps-high", type=float, default=0.28, help="DAPO / DCPO upper margin for the figure")
     parser.add_argument("--relax", action="store_true",
                         help="also show band-relax: each band widened to contain [1 - eps_low, 1 + eps_high]")
+    parser.add_argument("--sided", action="store_true",
+                        help="also show band-upper (band's upper over 1 - eps_low) and band-lower (band's lower "
+                             "under 1 + eps_high)")
+
+
+def shown_variants(relax: bool, sided: bool) -> list[str]:
+    """The band rules shown: band itself, then band-relax and the sided rules when asked for."""
+    return ["band"] + (["band-relax"] if relax else []) + (["band-upper", "band-lower"] if sided else [])
 
 
 def shown_bands(
-    divergences: list[str], delta: float, upper_max: float | None, relax: tuple[float, float] | None
-) -> list[tuple[str, Band]]:
-    """(label, rule) of every band shown: each divergence, then each one relaxed when ``relax`` is set."""
-    bands = [(name, Band(name, delta, upper_max)) for name in divergences]
-    if relax is not None:
-        bands += [(f"{name}+relax", Band(name, delta, upper_max, relax=relax)) for name in divergences]
-    return bands
+    divergences: list[str],
+    delta: float,
+    upper_max: float | None,
+    eps: tuple[float, float],
+    variants: list[str],
+) -> list[tuple[str, str, BoundRule]]:
+    """(label, variant, rule) of every band shown: each variant (see `shown_variants`) for each divergence;
+    a variant's label is the divergence with its suffix (``kl+relax``, ``kl+upper``, ``kl+lower``)."""
+    return [
+        (name if variant == "band" else f"{name}+{variant.removeprefix('band-')}", variant,
+         make_rule(variant, divergence=name, delta=delta, upper_max=upper_max, eps_low=eps[0], eps_high=eps[1]))
+        for variant in variants
+        for name in divergences
+    ]
 
 
 def bounds_table(
@@ -54,14 +73,17 @@ def bounds_table(
     delta: float,
     p_values: list[float],
     upper_max: float | None,
-    relax: tuple[float, float] | None = None,
+    eps: tuple[float, float] = (0.2, 0.28),
+    variants: list[str] | None = None,
 ) -> str:
-    """Rows of p, lower, upper and the allowed change of the probability, down and up."""
+    """Rows of p, lower, upper and the allowed change of the probability, down and up, for each band rule
+    of ``variants`` (default: band alone); ``eps`` are the fixed margins of the other variants."""
+    variants = variants or ["band"]
     log_p = torch.log(torch.tensor(p_values, dtype=torch.float64))
     lines = [f"delta = {delta}" + (f", upper_max = {upper_max}" if upper_max is not None else "")
-             + (f", relax = {relax}" if relax is not None else "")]
+             + (f", fixed margins = {eps}" if variants != ["band"] else "")]
     lines.append(f"{'divergence':<16} {'p':>9} {'lower':>10} {'upper':>12} {'dq down':>10} {'dq up':>10}")
-    for label, rule in shown_bands(divergences, delta, upper_max, relax):
+    for label, _, rule in shown_bands(divergences, delta, upper_max, eps, variants):
         lower, upper = rule.bounds(log_p)
         for p, lo, up in zip(p_values, lower.tolist(), upper.tolist()):
             lines.append(f"{label:<16} {p:>9.4g} {lo:>10.5f} {up:>12.5f} {(lo - 1) * p:>+10.5f} {(up - 1) * p:>+10.5f}")
@@ -76,7 +98,7 @@ def plot_bounds(
     eps_high: float,
     log_p: bool,
     upper_max: float | None,
-    relax: bool = False,
+    variants: list[str] | None = None,
 ) -> None:
     """Ratio bounds and probability-change bounds against p, the layout of the paper's figures."""
     import matplotlib
@@ -99,10 +121,10 @@ def plot_bounds(
         change_axis.plot(p, (lower - 1) * p, label=label, **style)
         change_axis.plot(p, (upper - 1) * p, **style)
 
-    for label, rule in shown_bands(divergences, delta, upper_max, (eps_low, eps_high) if relax else None):
-        relaxed = rule.relax is not None
-        draw(*rule.bounds(log_probs), f"BandPO {label} (delta={delta})", color=BAND_COLOURS.get(rule.divergence),
-             linestyle=":" if relaxed else "-.", linewidth=1.6 if relaxed else 2.4)
+    for label, variant, rule in shown_bands(divergences, delta, upper_max, (eps_low, eps_high), variants or ["band"]):
+        linestyle, linewidth = VARIANT_STYLES[variant]
+        draw(*rule.bounds(log_probs), f"BandPO {label} (delta={delta})", color=BAND_COLOURS.get(label.split("+")[0]),
+             linestyle=linestyle, linewidth=linewidth)
     draw(*dcpo, f"DCPO (eps={eps_low}/{eps_high})", color="#b9b3dc", linestyle="--", linewidth=1.8)
     draw(*fixed, f"DAPO clip-higher ({eps_low}/{eps_high})", color="#bbbbbb", linestyle="-", linewidth=2.0)
     draw(torch.zeros_like(p), 1 / p, "simplex limits [0, 1/p]", color="#222222", linestyle=":", linewidth=2.0)
@@ -144,11 +166,11 @@ def configure_bounds(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_bounds(args: argparse.Namespace) -> int:
-    relax = (args.eps_low, args.eps_high) if args.relax else None
-    print(bounds_table(args.divergence, args.delta, args.p, args.upper_max, relax))
+    variants = shown_variants(args.relax, args.sided)
+    print(bounds_table(args.divergence, args.delta, args.p, args.upper_max, (args.eps_low, args.eps_high), variants))
     if args.plot is not None:
         plot_bounds(
-            args.plot, args.divergence, args.delta, args.eps_low, args.eps_high, args.log_p, args.upper_max, args.relax
+            args.plot, args.divergence, args.delta, args.eps_low, args.eps_high, args.log_p, args.upper_max, variants
         )
         print(f"figure written to {args.plot}")
     return 0

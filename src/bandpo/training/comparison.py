@@ -4,8 +4,8 @@ Every run shares the held-out set (drawn with ``held_out_seed``); for a given se
 sees the same training data order. The base model is evaluated once and the result kept in
 ``baseline.json``. The runs go seed by seed, and a run whose ``summary.json`` exists with the same
 settings is reused, so a comparison can be built up over several sittings. The report gives each
-run, each method's mean +- sd over seeds, and band's per-seed paired differences against each
-baseline with a 95% t interval (`bandpo.training.statistics`); the figure has the layout of
+run, each method's mean +- sd over seeds, and per-seed paired differences (band against each
+baseline, and the sided rules' ablation) with a 95% t interval (`bandpo.training.statistics`); the figure has the layout of
 the paper's Figure 3 (clip rate; low-p clip-high share; entropy) plus the reward.
 """
 
@@ -29,9 +29,17 @@ from bandpo.training.run import (
 )
 from bandpo.training.settings import RunSettings, build_settings
 
-REFERENCE_METHOD = "band"
-BASELINES = ("clip-higher", "clip", "dcpo", "band-relax")
-"""Clip methods that band is differenced against, when the comparison has them."""
+PAIRED_DIFFERENCES = (
+    ("band", "clip-higher"),
+    ("band", "clip"),
+    ("band", "dcpo"),
+    ("band", "band-relax"),
+    ("band-upper", "clip-higher"),  # the band's upper side alone, against the rule it modifies
+    ("band-lower", "clip-higher"),  # the band's lower side alone
+    ("band", "band-upper"),  # what the band's lower side adds to its upper side
+    ("band", "band-lower"),  # what the band's upper side adds to its lower side
+)
+"""(method, baseline) pairs differenced seed by seed, when the comparison has both."""
 
 
 @dataclass(frozen=True)
@@ -107,20 +115,20 @@ def base_evaluation(output_dir: Path, prepared: PreparedRun) -> EvalResult:
 
 
 def comparison_report(rows: list[dict], samples: int, title: str) -> tuple[str, dict]:
-    """(Markdown, JSON-able statistics): per-method mean +- sd and band's paired differences."""
+    """(Markdown, JSON-able statistics): per-method mean +- sd and the `PAIRED_DIFFERENCES`."""
     fields = statistics.compared_fields(samples)
     summary = statistics.method_summary(rows, fields)
     differences = [
         difference
-        for baseline in BASELINES
+        for method, baseline in PAIRED_DIFFERENCES
         for field in fields
-        if (difference := statistics.paired_differences(rows, field, REFERENCE_METHOD, baseline)) is not None
+        if (difference := statistics.paired_differences(rows, field, method, baseline)) is not None
     ]
     markdown = "\n\n".join([
         f"# {title}",
         "## Per method: mean ± sd over seeds",
         statistics.format_method_table(summary, fields),
-        f"## Paired differences ({REFERENCE_METHOD} − baseline, same seed), 95% Student-t interval",
+        "## Paired differences (method − baseline, same seed), 95% Student-t interval",
         statistics.format_differences_table(differences),
         "## Runs",
         statistics.format_runs_table(rows, samples),

@@ -59,8 +59,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Recipes: GRPOConfig fields and run keys."""
 DEFAULT_CLIP_METHODS = ("band", "clip", "clip-higher", "dcpo")
-"""The clip methods ``bandpo compare`` runs unless told otherwise, with every preset: the four of the
-published study (docs/study), in its order, so that it stays resumable. band-relax is opt-in."""
+"""The clip methods ``bandpo compare`` runs unless told otherwise: the four of the paper's comparison."""
+STUDY_CLIP_METHODS = (*DEFAULT_CLIP_METHODS, "band-relax", "band-upper", "band-lower")
+STUDY_SEEDS = (0, 1, 2, 3, 4)
+COMPARISON_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "study": (STUDY_CLIP_METHODS, STUDY_SEEDS),
+}
+"""(clip methods, seeds) of ``bandpo compare --preset P`` without flags, where they differ from
+(`DEFAULT_CLIP_METHODS`, seed 0): for the study, exactly the runs committed in docs/study, in their
+order, so that the bare command reproduces (and resumes) that folder."""
+
+
+def comparison_defaults(preset: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(clip methods, seeds) that ``bandpo compare --preset preset`` runs without --clip-methods / --seeds."""
+    return COMPARISON_DEFAULTS.get(preset, (DEFAULT_CLIP_METHODS, (0,)))
 COMMON_SETTINGS: dict[str, Any] = {
     "temperature": 1.0,
     "beta": 0.0,

@@ -16,15 +16,31 @@ from collections import defaultdict
 
 CLIP_RATE = "clip_ratio/region_mean"
 LOW_P_HIGH_SHARE = "clip_ratio/low_p_high_share"
+PPO_KL = "policy/ppo_kl"
 STEP_METRICS = (CLIP_RATE, LOW_P_HIGH_SHARE, "entropy", "reward")
-"""Per-step metrics a run's rows summarise (names as TRL / BandPOTrainer log them)."""
+"""Per-step metrics of the comparison figure (names as TRL / BandPOTrainer log them)."""
+OFF_POLICY_FIELDS = {
+    "clip_rate_off_policy": CLIP_RATE,
+    "low_p_high_share": LOW_P_HIGH_SHARE,
+    "ppo_kl_off_policy": PPO_KL,
+    "clip_low_rate_off_policy": "clip_ratio/low_mean",
+    "clip_high_rate_off_policy": "clip_ratio/high_mean",
+    "low_p_pos_log_ratio": "policy/low_p_pos_log_ratio",
+    "low_p_neg_log_ratio": "policy/low_p_neg_log_ratio",
+}
+"""Row fields averaged over a run's off-policy steps, and the logged metric each averages (a run that did
+not log a metric, e.g. one recorded before it existed, gets None)."""
+MECHANISM_FIELDS = ("ppo_kl_off_policy", "clip_low_rate_off_policy", "clip_high_rate_off_policy",
+                    "low_p_pos_log_ratio", "low_p_neg_log_ratio")
+"""Row fields that say how a rule moves the policy: how far per update, which side it cuts, how far the
+rare tokens rose (A > 0) and fell (A < 0)."""
 
 
 def compared_fields(samples: int) -> tuple[str, ...]:
     """Row fields summarised per method and differenced per seed (pass@k / mean@k when ``samples`` = k > 0)."""
     sampled = (f"pass_at_{samples}_after", f"mean_at_{samples}_after") if samples else ()
     return ("accuracy_after",) + sampled + ("entropy_last_quarter", "reward_last_quarter", "clip_rate_off_policy",
-                                             "low_p_high_share")
+                                             "low_p_high_share") + MECHANISM_FIELDS
 
 
 def is_off_policy(step: int, generate_every: int, gradient_accumulation_steps: int = 1) -> bool:
@@ -51,8 +67,8 @@ def last_quarter_mean(records: list[dict], metric: str) -> float | None:
 def run_row(summary: dict, records: list[dict], generate_every: int, gradient_accumulation_steps: int = 1) -> dict:
     """One row of the comparison: the run's evaluations (from ``summary``) and step statistics.
 
-    ``clip_rate_off_policy`` and ``low_p_high_share`` average over the off-policy steps; entropy and
-    reward over the last quarter of steps.
+    The `OFF_POLICY_FIELDS` average over the off-policy steps; entropy and reward over the last quarter
+    of steps.
     """
     off_policy = [
         r for r in step_records(records) if is_off_policy(r["step"], generate_every, gradient_accumulation_steps)
@@ -65,8 +81,8 @@ def run_row(summary: dict, records: list[dict], generate_every: int, gradient_ac
                 row[f"{key}_{samples}_{when}"] = summary[f"{key}_k_{when}"]
     row["entropy_last_quarter"] = last_quarter_mean(records, "entropy")
     row["reward_last_quarter"] = last_quarter_mean(records, "reward")
-    row["clip_rate_off_policy"] = mean_or_none([r[CLIP_RATE] for r in off_policy])
-    row["low_p_high_share"] = mean_or_none([r[LOW_P_HIGH_SHARE] for r in off_policy if LOW_P_HIGH_SHARE in r])
+    for field, metric in OFF_POLICY_FIELDS.items():
+        row[field] = mean_or_none([r[metric] for r in off_policy if metric in r])
     row["wall_seconds"] = round(summary["wall_seconds"], 1)
     return row
 
