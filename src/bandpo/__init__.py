@@ -6,6 +6,7 @@ from bandpo.divergences import DIVERGENCES, Divergence, get_divergence
 from bandpo.grpo import entropy_from_logits, group_advantages, kl_penalty
 from bandpo.loss import per_token_policy_loss, policy_loss
 from bandpo.metrics import clip_metrics, metrics_to_floats
+from bandpo.room import RoomReport, room_report
 from bandpo.rules import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, Sided, make_rule
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "BoundRule",
     "Divergence",
     "FixedClip",
+    "RoomReport",
     "Sided",
     "aggregate",
     "band",
@@ -29,5 +31,6 @@ __all__ = [
     "metrics_to_floats",
     "per_token_policy_loss",
     "policy_loss",
+    "room_report",
 ]
 __version__ = "0.1.0"
