@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bandpo.training import statistics
 from bandpo.training.evaluate import EvalResult
-from bandpo.training.plots import plot_comparison
+from bandpo.training.plots import plot_comparison, plot_entropy_against_distance
 from bandpo.training.run import (
     PreparedRun,
     describe_evaluation,
@@ -139,7 +139,8 @@ def comparison_report(rows: list[dict], samples: int, title: str) -> tuple[str, 
 
 def run_comparison(plan: ComparisonPlan) -> tuple[str, Path]:
     """Trains the unfinished runs one after another, then writes ``table.md``, ``table.json``,
-    ``statistics.json`` and ``compare.png``; returns (the Markdown report, the figure's path)."""
+    ``statistics.json``, ``compare.png`` and ``entropy-vs-kl.png`` (entropy at equal policy movement);
+    returns (the Markdown report, the path of compare.png)."""
     before = None
     rows, curves = [], {}
     for prepared, summary in plan.runs:
@@ -160,4 +161,5 @@ def run_comparison(plan: ComparisonPlan) -> tuple[str, Path]:
     (plan.output_dir / "table.md").write_text(markdown)
     (plan.output_dir / "table.json").write_text(json.dumps(rows, indent=2))
     (plan.output_dir / "statistics.json").write_text(json.dumps(report, indent=2))
+    plot_entropy_against_distance(curves, plan.output_dir / "entropy-vs-kl.png", plan.title)
     return markdown, plot_comparison(curves, plan.output_dir / "compare.png", plan.title)
