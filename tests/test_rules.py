@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bandpo import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, Sided, band, make_rule
+from bandpo.rules import CLIP_METHOD_TABLE, rule_table_markdown
 
 
 def log_p(*probabilities: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -431,3 +432,51 @@ def test_sided_needs_rule_instances(side, rule):
     rules = {"lower_rule": FixedClip(), "upper_rule": Band(), side: rule}
     with pytest.raises(ValueError, match=side):
         Sided(**rules)
+
+
+# --- The table of rules ----------------------------------------------------------------------------
+
+
+def test_the_table_defines_every_clip_method_once_in_order():
+    assert tuple(CLIP_METHOD_TABLE) == CLIP_METHODS
+    assert all(name == method.name for name, method in CLIP_METHOD_TABLE.items())
+
+
+@pytest.mark.parametrize("name", CLIP_METHODS)
+def test_make_rule_builds_each_table_entry_with_its_margins(name):
+    """The table's defaults are what make_rule uses, and eps overrides reach the rule where it has margins."""
+    method = CLIP_METHOD_TABLE[name]
+    x = log_p(0.01, 0.5, 0.9)
+    default_lower, default_upper = make_rule(name).bounds(x)
+    lower, upper = make_rule(name, eps_low=0.05, eps_high=0.5).bounds(x)
+    if method.eps_low is None:
+        assert torch.equal(lower, default_lower) and torch.equal(upper, default_upper)
+    else:
+        assert not (torch.equal(lower, default_lower) and torch.equal(upper, default_upper))
+
+
+@pytest.mark.parametrize("name", CLIP_METHODS)
+def test_per_token_rules_are_those_whose_bounds_depend_on_p(name):
+    x = log_p(0.01, 0.3, 0.9)
+    lower, upper = make_rule(name).bounds(x)
+    depends_on_p = len(set(lower.tolist())) > 1 or len(set(upper.tolist())) > 1
+    assert CLIP_METHOD_TABLE[name].per_token == depends_on_p
+
+
+def test_banded_and_capped_flags_follow_the_rules():
+    x = log_p(1e-4, 0.5)
+    for name, method in CLIP_METHOD_TABLE.items():
+        _, capped_upper = make_rule(name, upper_max=1.5).bounds(x)
+        _, free_upper = make_rule(name, upper_max=None).bounds(x)
+        assert method.capped == (not torch.equal(capped_upper, free_upper)), name
+        tight = make_rule(name, delta=1e-4).bounds(x)
+        loose = make_rule(name, delta=0.5).bounds(x)
+        assert method.banded == any(not torch.equal(a, b) for a, b in zip(tight, loose, strict=True)), name
+
+
+def test_rule_table_markdown_has_a_row_per_method_with_its_defaults():
+    table = rule_table_markdown().splitlines()
+    assert len(table) == 2 + len(CLIP_METHODS)
+    assert "| `clip-higher` |" in table[2 + CLIP_METHODS.index("clip-higher")]
+    assert table[2 + CLIP_METHODS.index("dcpo")].endswith("| 0.16 / 0.2, upper_max 10 |")
+    assert table[2].endswith("| kl, delta 0.05, upper_max 10 |")

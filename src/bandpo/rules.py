@@ -14,6 +14,7 @@ input, no autograd history). Built in:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,8 +25,16 @@ from bandpo.band import band, check_delta, check_kernel, check_upper_max
 from bandpo.checks import check_number
 from bandpo.divergences import Divergence, get_divergence
 
-CLIP_METHODS = ("band", "band-relax", "band-upper", "band-lower", "clip", "clip-higher", "dcpo")
-"""Names of the built-in rules, for `make_rule` and every integration's ``clip_method``."""
+DEFAULT_DIVERGENCE = "kl"
+DEFAULT_DELTA = 0.05
+DEFAULT_UPPER_MAX = 10.0
+"""The published band: kl, radius 0.05, upper bound capped at 10 (the paper's main runs)."""
+CLIP_EPS = 0.2
+"""PPO/GRPO's margin on both sides, and the lower margin of clip-higher (and the sided rules)."""
+CLIP_HIGHER_EPS_HIGH = 0.28
+"""DAPO's wider upper margin."""
+DCPO_EPS_LOW, DCPO_EPS_HIGH = 0.16, 0.20
+"""DCPO's margins in the paper's comparison."""
 
 
 @runtime_checkable
@@ -40,7 +49,7 @@ class Band:
     """BandPO: bounds of the f-divergence trust region of radius ``delta`` (see `bandpo.band`,
     which also documents ``validate`` and ``kernel``).
 
-    ``relax=(eps_low, eps_high)`` is the relax variant of the published code (SPEC §9): the band
+    ``relax=(eps_low, eps_high)`` is the relax variant of the published code (the paper's ablation): the band
     widened to contain the fixed interval,
 
         lower = min(band_lower, 1 - eps_low),   upper = min(max(band_upper, 1 + eps_high), upper_max)
@@ -48,9 +57,9 @@ class Band:
     so no token is clipped tighter than PPO would clip it. The paper reports that it hurts.
     """
 
-    divergence: str | Divergence = "kl"
-    delta: float = 0.05
-    upper_max: float | None = 10.0
+    divergence: str | Divergence = DEFAULT_DIVERGENCE
+    delta: float = DEFAULT_DELTA
+    upper_max: float | None = DEFAULT_UPPER_MAX
     validate: bool = True
     kernel: str = "auto"
     relax: tuple[float, float] | None = None
@@ -87,12 +96,6 @@ class Band:
         return lower, upper
 
 
-def check_clip_method(clip_method: str, name: str = "clip_method") -> None:
-    """ValueError naming ``name`` (each engine's own field) unless ``clip_method`` is in `CLIP_METHODS`."""
-    if clip_method not in CLIP_METHODS:
-        raise ValueError(f"{name} must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
-
-
 def check_eps_low(name: str, eps_low: float) -> None:
     """A lower margin in [0, 1): the bound 1 - eps_low must stay a positive ratio."""
     check_number(name, eps_low, low=0.0, high=1.0, high_open=True)
@@ -102,8 +105,8 @@ def check_eps_low(name: str, eps_low: float) -> None:
 class FixedClip:
     """PPO/GRPO's fixed interval [1 - eps_low, 1 + eps_high]; clip-higher is eps_high = 0.28."""
 
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    eps_low: float = CLIP_EPS
+    eps_high: float = CLIP_EPS
 
     def __post_init__(self) -> None:
         check_eps_low("eps_low", self.eps_low)
@@ -119,9 +122,9 @@ class FixedClip:
 class DCPO:
     """DCPO's dynamic adaptive clipping: the fixed margins rescaled by sqrt(1 +- 4 eps / p)."""
 
-    eps_low: float = 0.16
-    eps_high: float = 0.20
-    upper_max: float | None = 10.0
+    eps_low: float = DCPO_EPS_LOW
+    eps_high: float = DCPO_EPS_HIGH
+    upper_max: float | None = DEFAULT_UPPER_MAX
 
     def __post_init__(self) -> None:
         check_number("eps_low", self.eps_low, low=0.0)
@@ -167,35 +170,105 @@ class Sided:
         return lower, upper
 
 
+@dataclass(frozen=True)
+class ClipMethod:
+    """One built-in rule of the table `CLIP_METHOD_TABLE`: what it is, its published defaults, how to build it.
+
+    ``eps_low`` / ``eps_high`` are the default margins (None: the rule has none); ``margins`` says what
+    they are: ``"fixed"`` (the interval [1 - eps_low, 1 + eps_high], or a side of it), ``"dcpo"``
+    (DCPO's adaptive margins) or ``"none"``. ``banded`` rules take divergence and delta, ``capped``
+    rules upper_max; ``per_token`` rules bound each token by its own old probability.
+    """
+
+    name: str
+    rule: str
+    bounds: str
+    margins: str
+    eps_low: float | None
+    eps_high: float | None
+    banded: bool
+    capped: bool
+    build: Callable[[str | Divergence, float, float | None, float, float], BoundRule]
+
+    @property
+    def per_token(self) -> bool:
+        return self.banded or self.margins == "dcpo"
+
+    def published_defaults(self) -> str:
+        """The defaults as the docs' table states them, from the fields above."""
+        parts = [f"{DEFAULT_DIVERGENCE}, delta {DEFAULT_DELTA}"] if self.banded else []
+        if self.eps_low is not None:
+            parts.append(f"{self.eps_low} / {self.eps_high}")
+        if self.capped:
+            parts.append(f"upper_max {DEFAULT_UPPER_MAX:g}")
+        return ", ".join(parts)
+
+
+CLIP_METHOD_TABLE: dict[str, ClipMethod] = {
+    method.name: method
+    for method in (
+        ClipMethod("band", "Band(divergence, delta, upper_max)", "the Band operator (BandPO)",
+                   "none", None, None, banded=True, capped=True,
+                   build=lambda f, delta, cap, low, high: Band(f, delta, cap)),
+        ClipMethod("band-relax", "Band(..., relax=(eps_low, eps_high))",
+                   "the band widened to at least [1 - eps_low, 1 + eps_high] (the published ablation)",
+                   "fixed", CLIP_EPS, CLIP_HIGHER_EPS_HIGH, banded=True, capped=True,
+                   build=lambda f, delta, cap, low, high: Band(f, delta, cap, relax=(low, high))),
+        ClipMethod("band-upper", "Sided(FixedClip(eps_low, eps_high), Band(...))",
+                   "the band's upper bound over clip-higher's floor 1 - eps_low",
+                   "fixed", CLIP_EPS, CLIP_HIGHER_EPS_HIGH, banded=True, capped=True,
+                   build=lambda f, delta, cap, low, high: Sided(FixedClip(low, high), Band(f, delta, cap))),
+        ClipMethod("band-lower", "Sided(Band(...), FixedClip(eps_low, eps_high))",
+                   "the band's lower bound under clip-higher's ceiling 1 + eps_high",
+                   "fixed", CLIP_EPS, CLIP_HIGHER_EPS_HIGH, banded=True, capped=False,
+                   build=lambda f, delta, cap, low, high: Sided(Band(f, delta, cap), FixedClip(low, high))),
+        ClipMethod("clip", "FixedClip(eps_low, eps_high)", "[1 - eps_low, 1 + eps_high] (PPO/GRPO)",
+                   "fixed", CLIP_EPS, CLIP_EPS, banded=False, capped=False,
+                   build=lambda f, delta, cap, low, high: FixedClip(low, high)),
+        ClipMethod("clip-higher", "FixedClip(eps_low, eps_high)", "the same, with DAPO's wider upper side",
+                   "fixed", CLIP_EPS, CLIP_HIGHER_EPS_HIGH, banded=False, capped=False,
+                   build=lambda f, delta, cap, low, high: FixedClip(low, high)),
+        ClipMethod("dcpo", "DCPO(eps_low, eps_high, upper_max)",
+                   "1/2 + 1/2 sqrt(max(1 - 4 eps_low / p, 0)), min(1/2 + 1/2 sqrt(1 + 4 eps_high / p), upper_max)",
+                   "dcpo", DCPO_EPS_LOW, DCPO_EPS_HIGH, banded=False, capped=True,
+                   build=lambda f, delta, cap, low, high: DCPO(low, high, cap)),
+    )
+}
+"""The built-in rules, defined once: `make_rule`, every engine's ``clip_method`` field, the command
+line's choices and the docs' table of rules read them from here."""
+CLIP_METHODS = tuple(CLIP_METHOD_TABLE)
+"""Names of the built-in rules, for `make_rule` and every integration's ``clip_method``."""
+
+
+def check_clip_method(clip_method: str, name: str = "clip_method") -> None:
+    """ValueError naming ``name`` (each engine's own field) unless ``clip_method`` is in `CLIP_METHODS`."""
+    if clip_method not in CLIP_METHODS:
+        raise ValueError(f"{name} must be one of {', '.join(CLIP_METHODS)}, got {clip_method!r}")
+
+
 def make_rule(
     clip_method: str,
     *,
-    divergence: str | Divergence = "kl",
-    delta: float = 0.05,
-    upper_max: float | None = 10.0,
+    divergence: str | Divergence = DEFAULT_DIVERGENCE,
+    delta: float = DEFAULT_DELTA,
+    upper_max: float | None = DEFAULT_UPPER_MAX,
     eps_low: float | None = None,
     eps_high: float | None = None,
 ) -> BoundRule:
-    """The rule named ``clip_method`` (one of `CLIP_METHODS`) with the published defaults.
-
-    Defaults: band kl / 0.05 / upper_max 10; band-relax the same, relaxed to 0.2 / 0.28;
-    band-upper the band's upper bound over the floor 1 - 0.2; band-lower the band's lower bound
-    under the ceiling 1 + 0.28; clip 0.2 / 0.2; clip-higher 0.2 / 0.28; dcpo 0.16 / 0.20 / upper_max 10.
-    ``eps_*`` override the margins of every rule but band.
+    """The rule named ``clip_method`` (one of `CLIP_METHODS`) with the published defaults of
+    `CLIP_METHOD_TABLE`; ``eps_low`` / ``eps_high`` override the margins of every rule that has them
+    (and are ignored by ``band``).
     """
     check_clip_method(clip_method)
-    if clip_method == "band":
-        return Band(divergence=divergence, delta=delta, upper_max=upper_max)
-    if clip_method == "band-relax":
-        relax = (0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
-        return Band(divergence=divergence, delta=delta, upper_max=upper_max, relax=relax)
-    if clip_method in ("band-upper", "band-lower"):
-        fixed = FixedClip(0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
-        banded = Band(divergence=divergence, delta=delta, upper_max=upper_max)
-        return Sided(fixed, banded) if clip_method == "band-upper" else Sided(banded, fixed)
-    if clip_method == "clip":
-        return FixedClip(0.2 if eps_low is None else eps_low, 0.2 if eps_high is None else eps_high)
-    if clip_method == "clip-higher":
-        return FixedClip(0.2 if eps_low is None else eps_low, 0.28 if eps_high is None else eps_high)
-    # dcpo, the one name check_clip_method leaves
-    return DCPO(0.16 if eps_low is None else eps_low, 0.20 if eps_high is None else eps_high, upper_max)
+    method = CLIP_METHOD_TABLE[clip_method]
+    low = method.eps_low if eps_low is None else eps_low
+    high = method.eps_high if eps_high is None else eps_high
+    return method.build(divergence, delta, upper_max, low, high)
+
+
+def rule_table_markdown() -> str:
+    """The docs' table of rules (Markdown), from `CLIP_METHOD_TABLE`."""
+    lines = ["| `clip_method` | rule | bounds | published defaults |", "|---|---|---|---|"]
+    for method in CLIP_METHOD_TABLE.values():
+        lines.append(f"| `{method.name}` | `{method.rule}` | {method.bounds} | {method.published_defaults()} |")
+    return "\n".join(lines)
