@@ -54,7 +54,19 @@ from bandpo.band import DELTA_RANGE
 from bandpo.checks import check_number
 from bandpo.divergences import DIVERGENCES
 from bandpo.metrics import DENOMINATORS, clip_metrics, reduce_weights
-from bandpo.rules import CLIP_METHODS, BoundRule, check_clip_method, check_eps_low, make_rule
+from bandpo.rules import (
+    CLIP_METHOD_TABLE,
+    CLIP_METHODS,
+    DCPO_EPS_HIGH,
+    DCPO_EPS_LOW,
+    DEFAULT_DELTA,
+    DEFAULT_DIVERGENCE,
+    DEFAULT_UPPER_MAX,
+    BoundRule,
+    check_clip_method,
+    check_eps_low,
+    make_rule,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +126,19 @@ TWO_SIDED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 """TRL loss types that clip the ratio to [1 - epsilon_low, 1 + epsilon_high]."""
 TRUNCATING_LOSS_TYPES = ("cispo",)
 """TRL loss types that truncate the (detached) importance weight at epsilon_high."""
-PER_TOKEN_METHODS = ("band", "band-relax", "band-upper", "band-lower", "dcpo")
+PER_TOKEN_METHODS = tuple(name for name, method in CLIP_METHOD_TABLE.items() if method.per_token)
 """Rules whose bounds depend on the token's old probability."""
 TRL_CLIP_METRICS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
 """Logged by TRL itself (against the per-token bounds); not logged twice."""
 TRL_CISPO_METRIC = "cispo_clip_ratio"
 """TRL's share of truncated tokens for loss_type cispo."""
-EPSILON_HIGH_DEFAULT = 0.28
-"""epsilon_high of the `FIXED_HIGH_METHODS` when GRPOConfig's epsilon_high is unset."""
-FIXED_HIGH_METHODS = ("clip-higher", "band-relax", "band-upper", "band-lower")
-"""Rules whose fixed margins are clip-higher's (DAPO's 0.2 / 0.28) by default."""
+EPSILON_HIGH_DEFAULTS = {
+    name: method.eps_high
+    for name, method in CLIP_METHOD_TABLE.items()
+    if method.margins == "fixed" and method.eps_high != method.eps_low
+}
+"""epsilon_high of the rules whose published upper margin is not their lower one (clip-higher's 0.28),
+set when GRPOConfig's epsilon_high is unset (TRL's own default is epsilon)."""
 GUARD_TOLERANCE = 2.0**-20
 """Relative slack per valid token of the per-call check (`clip_counts_agree`): float32 rounding of the
 mean TRL logs is 2^-24 relative per operation."""
@@ -176,24 +191,24 @@ class BandPOConfig(GRPOConfig):
         metadata={"help": "Ratio-bound rule.", "choices": list(CLIP_METHODS)},
     )
     bandpo_divergence: str = field(
-        default="kl",
+        default=DEFAULT_DIVERGENCE,
         metadata={"help": "f-divergence of the band's trust region.", "choices": list(DIVERGENCES)},
     )
     bandpo_delta: float = field(
-        default=0.05,
+        default=DEFAULT_DELTA,
         metadata={"help": "Radius of the band's trust region (> 0). GRPOConfig's `delta` is TRL's two-sided clip."},
     )
     bandpo_upper_max: float | None = field(
-        default=10.0,
+        default=DEFAULT_UPPER_MAX,
         metadata={"help": "Cap on the upper ratio bound of band, band-relax and dcpo (>= 1); None for no cap."},
     )
-    bandpo_dcpo_eps_low: float = field(default=0.16, metadata={"help": "DCPO's lower margin."})
-    bandpo_dcpo_eps_high: float = field(default=0.20, metadata={"help": "DCPO's upper margin."})
+    bandpo_dcpo_eps_low: float = field(default=DCPO_EPS_LOW, metadata={"help": "DCPO's lower margin."})
+    bandpo_dcpo_eps_high: float = field(default=DCPO_EPS_HIGH, metadata={"help": "DCPO's upper margin."})
 
     def __post_init__(self) -> None:
         check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
-        if self.bandpo_clip_method in FIXED_HIGH_METHODS and self.epsilon_high is None:
-            self.epsilon_high = EPSILON_HIGH_DEFAULT
+        if self.bandpo_clip_method in EPSILON_HIGH_DEFAULTS and self.epsilon_high is None:
+            self.epsilon_high = EPSILON_HIGH_DEFAULTS[self.bandpo_clip_method]
         super().__post_init__()
         clipping = TWO_SIDED_LOSS_TYPES + TRUNCATING_LOSS_TYPES
         if self.loss_type not in clipping:
