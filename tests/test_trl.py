@@ -328,6 +328,41 @@ def test_band_relax_epsilons_trl_sees_are_the_relaxed_band(tmp_path, monkeypatch
 # --- the per-call guard: a TRL that does not apply the bounds stops training ---------------------
 
 
+def test_trl_clip_counts_follow_trls_expressions():
+    """Hand-counted: ratio, advantage, padding and the dual clip min(r, delta) as TRL counts them."""
+    ratio = torch.tensor([[0.5, 0.9, 1.5, 3.0], [0.7, 1.3, 2.0, 0.1]])
+    advantages = torch.tensor([[-1.0], [1.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    epsilons = bandpo_trl.Epsilons(low=torch.full((2, 4), 0.2), high=torch.full((2, 4), 0.28))
+    counts = bandpo_trl.trl_clip_counts("grpo", ratio, advantages, epsilons, None, mask)
+    # row 0 (A < 0): 0.5 below 0.8; row 1 (A > 0): 1.3 and 2.0 above 1.28; 0.1 is padding
+    assert {name: count.item() for name, count in counts.items()} == {
+        "clip_ratio/low_mean": 1.0, "clip_ratio/high_mean": 2.0, "clip_ratio/region_mean": 3.0,
+    }
+    dual_clipped = bandpo_trl.trl_clip_counts("grpo", ratio, advantages, epsilons._replace(high=1.5), 2.0, mask)
+    assert dual_clipped["clip_ratio/high_mean"].item() == 0.0  # min(r, 2) never exceeds 1 + 1.5
+    assert bandpo_trl.trl_clip_counts("cispo", ratio, advantages, epsilons._replace(high=1.0), None, mask) == {
+        "cispo_clip_ratio": torch.tensor(2.0)  # r > 1 with A > 0 on valid tokens: 1.3 and 2.0
+    }
+
+
+@pytest.mark.parametrize(
+    "logged, expected, tokens, agree",
+    [
+        (0.5, 50.0, 100.0, True),
+        (0.504, 50.0, 100.0, True),  # 0.4 of a token: float rounding, not a token
+        (0.51, 50.0, 100.0, False),  # one token counted differently
+        (0.49, 50.0, 100.0, False),
+        (float("nan"), 50.0, 100.0, False),
+        (0.0, 0.0, 0.0, True),  # no valid token
+        (0.25 + 2.0**-21, 2.0**22, 2.0**24, True),  # 8 tokens of float32 slack at 2^24 tokens: 1/2 + 2^-20 N
+        (0.25 + 2.0**-19, 2.0**22, 2.0**24, False),  # 32 tokens
+    ],
+)
+def test_clip_counts_agree_within_half_a_token_plus_float32_rounding(logged, expected, tokens, agree):
+    assert bandpo_trl.clip_counts_agree(logged, expected, tokens) is agree
+
+
 def guard_trainer(tmp_path, **fields):
     args = dict(TINY_TRAINING_ARGS, output_dir=str(tmp_path), num_iterations=2, bandpo_delta=1e-4)
     return make_trainer(BandPOTrainer, BandPOConfig(**{**args, **fields}))
