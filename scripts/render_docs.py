@@ -1,0 +1,362 @@
+"""Renders the documentation's numbers and figures from the results files they come from.
+
+Every figure in the docs that comes from a results file (``benchmarks/results/**``, ``docs/study/``,
+``docs/compare-fast/``) is written by a function of this module into ``docs/generated/`` (ignored by
+git), and the pages include it with the include-markdown plugin::
+
+    {% include-markdown "generated/operator-speed.md" %}      (from a page in docs/)
+    ![...](generated/some-figure.png)                         (a figure)
+
+It runs as an mkdocs hook (``hooks:`` in mkdocs.yml: before every build, and ``mkdocs serve``
+re-renders when a results file changes) and as a script, ``python scripts/render_docs.py [--out DIR]``.
+
+**Adding an artifact** is one function and one line: a function of the repository root that
+returns the Markdown (``str``) or the image (``bytes``, see `figure_png`), decorated with
+``@artifact("file-name.md")``; then include ``generated/file-name.md`` from a page.
+``tests/test_docs.py`` checks that every artifact renders, is included by a page, follows its file,
+and that no page repeats one of its numbers by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATED = "generated"
+"""Folder under docs/ that the artifacts are written to (gitignored, excluded from the nav)."""
+RESULT_FOLDERS = ("benchmarks/results", "docs/study", "docs/compare-fast")
+"""What the artifacts read; ``mkdocs serve`` watches them."""
+
+Render = Callable[[Path], str | bytes]
+ARTIFACTS: dict[str, Render] = {}
+"""File name under docs/generated/ -> the function rendering it from the repository root."""
+
+
+def artifact(name: str) -> Callable[[Render], Render]:
+    """Registers ``render(root)`` as the producer of ``docs/generated/<name>``."""
+    if name in ARTIFACTS or "/" in name:
+        raise ValueError(f"artifact name {name!r} must be a new plain file name; taken: {sorted(ARTIFACTS)}")
+
+    def register(render: Render) -> Render:
+        ARTIFACTS[name] = render
+        return render
+
+    return register
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes without a timestamp or version, so an unchanged figure is
+    byte-identical and not rewritten."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def render_all(out_dir: Path, root: Path = ROOT) -> list[Path]:
+    """Writes every artifact into ``out_dir`` (only those whose content changed, so ``mkdocs serve``
+    does not loop) and removes files no artifact produces. Returns the artifacts' paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, render in ARTIFACTS.items():
+        content = render(root)
+        data = content.encode() if isinstance(content, str) else content
+        path = out_dir / name
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
+        paths.append(path)
+    for stale in set(out_dir.iterdir()) - set(paths):
+        stale.unlink()
+    return paths
+
+
+# ---------------------------------------------------------------- mkdocs hook
+
+
+def on_pre_build(config: Any) -> None:
+    """Renders the artifacts before mkdocs collects the pages."""
+    render_all(Path(config["docs_dir"]) / GENERATED)
+
+
+def on_serve(server: Any, config: Any, builder: Any) -> Any:
+    """``mkdocs serve`` rebuilds (and so re-renders) when a results file or this module changes."""
+    for folder in RESULT_FOLDERS:
+        if (ROOT / folder).exists():
+            server.watch(str(ROOT / folder))
+    server.watch(__file__)
+    return server
+
+
+# ---------------------------------------------------------------- results files
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    """One line of ``benchmarks/band_speed.py``'s table, in the file's own digits."""
+
+    ms: str
+    x_exp_clamp: str
+    speedup_vs_bisection: str
+    max_rel_err: str
+
+
+SPEED_LINE = re.compile(
+    r"^\s*(?P<n>\d+)\s+(?P<method>\S.*?)\s{2,}(?P<ms>[\d.]+)\s+[\d.]+\s+(?P<x_exp>[\d.]+)\s+"
+    r"(?P<speedup>[\d.]+)\s+(?P<err>\S+)"
+)
+
+
+def read_band_speed(path: Path) -> dict[tuple[int, str], SpeedRow]:
+    """``{(tokens, method): row}`` of a band_speed.txt; other lines (comments, torch's warnings) are skipped.
+    Methods read as in the file: ``"exp+clamp (clip)"``, ``"kl bisection (published)"``, ``"kl (native)"``."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        if match := SPEED_LINE.match(line):
+            rows[int(match["n"]), match["method"]] = SpeedRow(
+                match["ms"], match["x_exp"], match["speedup"], match["err"])
+    if not rows:
+        raise ValueError(f"{path}: no benchmark rows found")
+    return rows
+
+
+@dataclass(frozen=True)
+class LossOverhead:
+    """``benchmarks/loss_overhead.py``'s result: median milliseconds per rule and their ratio."""
+
+    band_ms: str
+    fixed_ms: str
+    ratio: str
+
+
+def read_loss_overhead(path: Path) -> LossOverhead:
+    """The medians of Band(kl) and FixedClip and the ratio line of a loss_overhead.txt."""
+    text = path.read_text()
+    medians = dict(re.findall(r"^\s*(Band\(kl\)|FixedClip)\s+median\s+([\d.]+) ms", text, re.MULTILINE))
+    ratio = re.search(r"ratio Band / FixedClip \(medians\): ([\d.]+)x", text)
+    if ratio is None or set(medians) != {"Band(kl)", "FixedClip"}:
+        raise ValueError(f"{path}: expected the Band(kl) and FixedClip medians and their ratio")
+    return LossOverhead(medians["Band(kl)"], medians["FixedClip"], ratio[1])
+
+
+@dataclass(frozen=True)
+class TrainOverhead:
+    """``benchmarks/train_overhead.py``'s result."""
+
+    band_step_s: str
+    fixed_step_s: str
+    step_ratio: str
+    bounds_ms: str
+    bounds_share: str
+
+
+def read_train_overhead(path: Path) -> TrainOverhead:
+    """Step medians, their ratio and the bounds' own time and share of a train_overhead.txt."""
+    text = path.read_text()
+    fields = (
+        re.search(r"^Band\(.*?step median\s+([\d.]+) s", text, re.MULTILINE),
+        re.search(r"^FixedClip\(.*?step median\s+([\d.]+) s", text, re.MULTILINE),
+        re.search(r"step ratio Band / FixedClip\s+([\d.]+)", text),
+        re.search(r"Band bounds alone on the step's tokens\s+([\d.]+) ms = ([\d.]+)%", text),
+    )
+    if any(match is None for match in fields):
+        raise ValueError(f"{path}: expected both step medians, their ratio and the bounds' share")
+    band, fixed, ratio, bounds = fields
+    return TrainOverhead(band[1], fixed[1], ratio[1], bounds[1], bounds[2])
+
+
+def read_band_accuracy(path: Path) -> dict[str, Any]:
+    """Worst relative error per dtype of a band_accuracy.txt, with the divergences and radii covered."""
+    worst: dict[str, float] = {}
+    divergences, deltas = [], []
+    for line in path.read_text().splitlines()[1:]:
+        divergence, delta, dtype, _kernel, error, _target, verdict = line.split()
+        if verdict != "ok":
+            raise ValueError(f"{path}: a row misses its target: {line!r}")
+        worst[dtype] = max(worst.get(dtype, 0.0), float(error))
+        divergences += [divergence] if divergence not in divergences else []
+        deltas += [float(delta)] if float(delta) not in deltas else []
+    return {"worst": worst, "divergences": divergences, "deltas": sorted(deltas)}
+
+
+def results(root: Path, machine: str, name: str) -> Path:
+    """``benchmarks/results/<machine>/<name>``."""
+    return root / "benchmarks" / "results" / machine / name
+
+
+# ---------------------------------------------------------------- artifacts
+
+SPEED_TOKENS = 1_000_000
+"""The tokens per call of the operator's speed table (the size the CPU benchmark runs)."""
+
+
+TARGETS = {
+    "band_accuracy": "1e-9 (float64), 2e-5 (float32)",
+    "band_speed": "kl >= 50x bisection; tv, chi2 <= 3x exp+clamp; every divergence <= 2x kl",
+    "loss_overhead": "<= 1.15x",
+    "train_overhead": "< 2%",
+}
+"""What each benchmark must reach: specifications, written by hand (the pages may repeat them)."""
+
+
+def _kernels(rows: dict[tuple[int, str], SpeedRow], tokens: int, divergence: str) -> list[str]:
+    """The kernels measured for ``divergence`` at ``tokens``, in the file's order."""
+    prefix = f"{divergence} ("
+    return [method[len(prefix):-1] for n, method in rows if n == tokens and method.startswith(prefix)]
+
+
+def _times_kl(rows: dict[tuple[int, str], SpeedRow], tokens: int, method: str) -> float:
+    """Time of ``method`` (``"tv (fused)"``) over kl's on the same kernel."""
+    kernel = method.split(" ", 1)[1]
+    return float(rows[tokens, method].ms) / float(rows[tokens, f"kl {kernel}"].ms)
+
+
+def _speed_cells(rows: dict[tuple[int, str], SpeedRow], tokens: int, divergence: str) -> tuple[str, str]:
+    """(ms per kernel, comparison per kernel) of one divergence: kl against the bisection, tv and
+    chi2 against exp+clamp (their targets), the others against kl on the same kernel."""
+    kernels = _kernels(rows, tokens, divergence)
+    if not kernels:
+        return "", ""
+    cells = [rows[tokens, f"{divergence} ({kernel})"] for kernel in kernels]
+    ms = " / ".join(cell.ms for cell in cells)
+    if divergence == "kl":
+        versus = " / ".join(f"{cell.speedup_vs_bisection}x" for cell in cells) + " faster"
+    elif divergence in ("tv", "chi2"):
+        versus = " / ".join(f"{cell.x_exp_clamp}x" for cell in cells) + " exp+clamp"
+    else:
+        versus = " / ".join(f"{_times_kl(rows, tokens, f'{divergence} ({kernel})'):.2f}x"
+                            for kernel in kernels) + " kl's time"
+    return ms, versus
+
+
+@artifact("operator-speed.md")
+def operator_speed(root: Path) -> str:
+    """The operator page's speed table: CPU and H200 at 1M float32 tokens, per divergence and kernel."""
+    machines = [read_band_speed(results(root, machine, "band_speed.txt")) for machine in ("cpu", "h200")]
+    lines = [
+        "| 1M tokens, float32 | CPU, 2 cores | | NVIDIA H200 (earlier code) | |",
+        "|---|---|---|---|---|",
+        "| | ms | vs bisection / vs exp+clamp | ms | vs bisection / vs exp+clamp |",
+    ]
+    bisection, clamp = "kl bisection (published)", "exp+clamp (clip)"
+    lines.append("| exp + clamp (plain clipping) | " + " | ".join(
+        f"{rows[SPEED_TOKENS, clamp].ms} | " for rows in machines) + " |")
+    lines.append("| kl, published bisection | " + " | ".join(
+        f"{rows[SPEED_TOKENS, bisection].ms} | 1x" for rows in machines) + " |")
+    for divergence in ("kl", "tv", "chi2", "reverse_kl", "hellinger"):
+        kernels = _kernels(machines[0], SPEED_TOKENS, divergence)
+        cells = [" | ".join(_speed_cells(rows, SPEED_TOKENS, divergence)) for rows in machines]
+        lines.append(f"| {divergence}, {' / '.join(kernels)} | " + " | ".join(cells) + " |")
+    h200 = machines[1]
+    largest = max(n for n, _ in h200)
+    lines += [
+        "",
+        f"At {largest / 1e6:.0f}M tokens on the H200, fused tv and chi2 cost "
+        f"{h200[largest, 'tv (fused)'].x_exp_clamp}x and {h200[largest, 'chi2 (fused)'].x_exp_clamp}x an "
+        f"exp+clamp pass, and fused kl is {h200[largest, 'kl (fused)'].speedup_vs_bisection}x faster than "
+        "bisection. The H200 columns list the kernels measured there (no native kernels on a GPU).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@artifact("operator-accuracy.md")
+def operator_accuracy(root: Path) -> str:
+    """Worst error of the bounds per dtype, and the bisection's error, from the CPU results."""
+    accuracy = read_band_accuracy(results(root, "cpu", "band_accuracy.txt"))
+    bisection = read_band_speed(results(root, "cpu", "band_speed.txt"))[SPEED_TOKENS, "kl bisection (published)"]
+    worst, deltas = accuracy["worst"], accuracy["deltas"]
+    return (
+        f"Worst relative error: {worst['float64']:.2g} for float64 and {worst['float32']:.2g} for float32, "
+        f"over {', '.join(accuracy['divergences'])} and {len(deltas)} radii from {deltas[0]:g} to "
+        f"{deltas[-1]:g}. The published bisection is off by up to {float(bisection.max_rel_err):.2g} "
+        "relative on float32 inputs.\n"
+    )
+
+
+@artifact("loss-overhead.md")
+def loss_overhead(root: Path) -> str:
+    """The loss page's overhead of Band over FixedClip, per machine."""
+    lines = []
+    for machine, label in (("cpu", "This 2-core CPU"), ("h200", "NVIDIA H200 (earlier code)")):
+        result = read_loss_overhead(results(root, machine, "loss_overhead.txt"))
+        lines.append(f"- {label}: **{result.ratio}x** (medians {result.band_ms} ms vs {result.fixed_ms} ms; "
+                     f"`benchmarks/results/{machine}/loss_overhead.txt`)")
+    return "\n".join(lines) + "\n"
+
+
+@artifact("train-overhead.md")
+def train_overhead(root: Path) -> str:
+    """The bounds' share of a training step of the default run."""
+    result = read_train_overhead(results(root, "cpu", "train_overhead.txt"))
+    return (
+        f"{result.bounds_ms} ms of Band per {float(result.fixed_step_s):.1f} s forward + loss + backward, "
+        f"**{result.bounds_share}%** of the step (target {TARGETS['train_overhead']}); the two whole-step medians (Band "
+        f"{result.band_step_s} s, FixedClip {result.fixed_step_s} s, ratio {result.step_ratio}) differ by noise.\n"
+    )
+
+
+@artifact("default-run.md")
+def default_run(root: Path) -> str:
+    """What the default ``bandpo train`` run reached, from the summary it wrote."""
+    summary = json.loads(results(root, "cpu", "default_run_summary.json").read_text())
+    before, after = summary["accuracy_before"], summary["accuracy_after"]
+    final = summary["final_metrics"]
+    lines = [
+        f"- **Result** (`benchmarks/results/cpu/default_run_summary.json`): greedy accuracy on "
+        f"{summary['eval_count']} held-out problems {before:.1%} -> {after:.1%} "
+        f"({100 * (after - before):+.1f} points) in {summary['steps']} steps and "
+        f"{summary['wall_seconds'] / 60:.1f} min; over the last quarter of training, reward "
+        f"{final['reward']:.2f} and entropy {final['entropy']:.2f}. After training the model answers:",
+    ]
+    lines += [f"    - {prompt!r} -> {completion!r} (answer {answer})"
+              for prompt, completion, answer in summary["examples_after"]]
+    return "\n".join(lines) + "\n"
+
+
+@artifact("benchmarks-summary.md")
+def benchmarks_summary(root: Path) -> str:
+    """The benchmarks page's table: each script, its target and its current result."""
+    accuracy = read_band_accuracy(results(root, "cpu", "band_accuracy.txt"))["worst"]
+    speed = read_band_speed(results(root, "cpu", "band_speed.txt"))
+    by_kl = {method: _times_kl(speed, SPEED_TOKENS, method) for n, method in speed
+             if n == SPEED_TOKENS and method.split(" ")[0] not in ("kl", "exp+clamp")}
+    slowest = max(by_kl, key=by_kl.__getitem__)
+    cpu_loss, h200_loss = (read_loss_overhead(results(root, machine, "loss_overhead.txt")) for machine in ("cpu", "h200"))
+    train = read_train_overhead(results(root, "cpu", "train_overhead.txt"))
+    native = {divergence: speed[SPEED_TOKENS, f"{divergence} (native)"] for divergence in ("kl", "tv", "chi2")}
+    rows = [
+        ("`benchmarks/band_accuracy.py`", "worst relative error per divergence, delta, dtype and kernel against a "
+         "50-digit reference", TARGETS["band_accuracy"],
+         f"at most {accuracy['float64']:.2g} / {accuracy['float32']:.2g}"),
+        ("`benchmarks/band_speed.py`", "1M float32 tokens per divergence and kernel, against exp+clamp and the "
+         "published bisection (`benchmarks/bisection_baseline.py`)",
+         TARGETS["band_speed"],
+         f"native kl {native['kl'].speedup_vs_bisection}x; native tv {native['tv'].x_exp_clamp}x, chi2 "
+         f"{native['chi2'].x_exp_clamp}x; slowest {slowest} {by_kl[slowest]:.2f}x kl"),
+        ("`benchmarks/loss_overhead.py`", "forward + backward of `policy_loss` on 64 x 4096 tokens, `Band(\"kl\")` "
+         "against `FixedClip`", TARGETS["loss_overhead"], f"{cpu_loss.ratio}x (CPU), {h200_loss.ratio}x (H200, earlier code)"),
+        ("`benchmarks/train_overhead.py`", "the bounds' share of a training step of the default run", TARGETS["train_overhead"],
+         f"{train.bounds_share}%"),
+    ]
+    lines = ["| script | measures | target | result |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / GENERATED, help="default: docs/generated")
+    args = parser.parse_args(argv)
+    for path in render_all(args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
