@@ -127,3 +127,26 @@ def test_a_run_recorded_before_a_metric_existed_gets_none_for_it():
     row = statistics.run_row(summary_of("clip", 0, 0.5), records, generate_every=2)
     assert row["low_p_pos_log_ratio"] is None and row["ppo_kl_off_policy"] is None
     assert row["clip_rate_off_policy"] == pytest.approx(0.1)
+
+
+def test_summary_columns_show_mean_and_sd_in_display_units_and_flag_fewer_seeds():
+    per_method = {"band": {"accuracy_after": {"mean": 0.767, "sd": 0.037, "n": 5},
+                           "entropy_last_quarter": {"mean": 0.978, "sd": 0.404, "n": 5}},
+                  "band-upper": {"accuracy_after": {"mean": 0.75, "sd": 0.01, "n": 2}}}
+    table = statistics.format_summary_columns(per_method, ["band", "band-upper"],
+                                              ["accuracy_after", "entropy_last_quarter"]).splitlines()
+    assert table[0] == "| method | greedy accuracy (%) | entropy, last quarter (nats) |"
+    assert table[2] == "| band | 76.7 ± 3.7 | 0.98 ± 0.40 |"
+    assert table[3] == "| band-upper | 75.0 ± 1.0 (n=2) | – |"
+
+
+def test_paired_columns_show_the_mean_and_interval_per_pair_with_its_seed_count():
+    differences = [{"method": "band-upper", "baseline": "clip-higher", "field": "accuracy_after", "seeds": [0, 1, 2],
+                    "per_seed": [0.01, 0.02, 0.03], "mean": 0.02, "ci95": [-0.005, 0.045]},
+                   {"method": "band", "baseline": "band-upper", "field": "accuracy_after", "seeds": [0],
+                    "per_seed": [0.1], "mean": 0.1, "ci95": [math.nan, math.nan]}]
+    table = statistics.format_paired_columns(differences, [("band-upper", "clip-higher"), ("band", "band-upper"),
+                                                           ("band-lower", "clip-higher")], ["accuracy_after"])
+    assert table.splitlines()[2:] == ["| band-upper − clip-higher (3) | +2.0 [-0.5, +4.5] |",
+                                      "| band − band-upper (1) | +10.0 |",
+                                      "| band-lower − clip-higher (0) | – |"]

@@ -92,7 +92,7 @@ def entropy_against_distance(seed_records: list[list[dict]]) -> tuple[np.ndarray
     return np.cumsum(distance[1][:, :length], axis=1).mean(axis=0), entropy[1][:, :length].mean(axis=0)
 
 
-def plot_entropy_against_distance(runs: dict[str, list[list[dict]]], path: Path, title: str = "") -> Path:
+def entropy_distance_figure(runs: dict[str, list[list[dict]]], title: str = "") -> plt.Figure:
     """Policy entropy against the cumulative per-update KL, one line per method (seed means at each step):
     whether a rule sharpens more per unit of policy movement, or only moves further."""
     figure, axis = plt.subplots(figsize=(7, 5))
@@ -106,6 +106,12 @@ def plot_entropy_against_distance(runs: dict[str, list[list[dict]]], path: Path,
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+def plot_entropy_against_distance(runs: dict[str, list[list[dict]]], path: Path, title: str = "") -> Path:
+    """`entropy_distance_figure` written to ``path`` (PNG)."""
+    figure = entropy_distance_figure(runs, title)
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)

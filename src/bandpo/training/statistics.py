@@ -167,3 +167,61 @@ def format_differences_table(differences: list[dict]) -> str:
         interval = "-" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
         lines.append(f"| {diff['method']} − {diff['baseline']} | {diff['field']} | {per_seed} | {diff['mean']:+.3f} | {interval} |")
     return "\n".join(lines)
+
+
+FIELD_FORMATS: dict[str, tuple[str, float, int]] = {
+    "accuracy_after": ("greedy accuracy (%)", 100.0, 1),
+    "pass_at_8_after": ("pass@8 (%)", 100.0, 1),
+    "mean_at_8_after": ("mean@8 (%)", 100.0, 1),
+    "entropy_last_quarter": ("entropy, last quarter (nats)", 1.0, 2),
+    "reward_last_quarter": ("reward, last quarter", 1.0, 2),
+    "clip_rate_off_policy": ("clip rate (%)", 100.0, 1),
+    "low_p_high_share": ("low-p clip-high share", 1.0, 3),
+    "ppo_kl_off_policy": ("ppo_kl per update", 1.0, 4),
+    "clip_low_rate_off_policy": ("cut below (%)", 100.0, 2),
+    "clip_high_rate_off_policy": ("cut above (%)", 100.0, 2),
+    "low_p_pos_log_ratio": ("low-p log r, A > 0", 1.0, 3),
+    "low_p_neg_log_ratio": ("low-p log r, A < 0", 1.0, 3),
+}
+"""How the docs show a row field: (column label, scale, decimals); percentages are shown as points."""
+
+
+def _scaled(field: str, value: float, sign: bool = False) -> str:
+    _, scale, digits = FIELD_FORMATS[field]
+    return f"{value * scale:{'+' if sign else ''}.{digits}f}"
+
+
+def format_summary_columns(per_method: dict[str, dict[str, dict]], methods: list[str], fields: list[str]) -> str:
+    """Markdown from statistics.json's ``per_method``: one row per method, ``mean ± sd`` per field over
+    its seeds; a cell over fewer seeds than the table's most says how many (n=...)."""
+    most = max((stats[f]["n"] for stats in per_method.values() for f in fields if f in stats), default=0)
+    lines = ["| method | " + " | ".join(FIELD_FORMATS[field][0] for field in fields) + " |",
+             "|---|" + "---|" * len(fields)]
+    for method in methods:
+        stats = per_method.get(method, {})
+        cells = [f"{_scaled(f, stats[f]['mean'])} ± {_scaled(f, stats[f]['sd'])}" + (
+            f" (n={stats[f]['n']})" if stats[f]["n"] != most else "") if f in stats else "–" for f in fields]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_paired_columns(differences: list[dict], pairs: list[tuple[str, str]], fields: list[str]) -> str:
+    """Markdown from statistics.json's ``paired_differences``: one row per (method, baseline) pair,
+    ``mean [95% interval]`` per field, in the fields' display units."""
+    found = {(d["method"], d["baseline"], d["field"]): d for d in differences}
+    lines = ["| paired difference (seeds) | " + " | ".join(FIELD_FORMATS[field][0] for field in fields) + " |",
+             "|---|" + "---|" * len(fields)]
+    for method, baseline in pairs:
+        cells, seeds = [], set()
+        for field in fields:
+            diff = found.get((method, baseline, field))
+            if diff is None:
+                cells.append("–")
+                continue
+            seeds.update(diff["seeds"])
+            low, high = diff["ci95"]
+            interval = "" if math.isnan(low) else f" [{_scaled(field, low, True)}, {_scaled(field, high, True)}]"
+            cells.append(_scaled(field, diff["mean"], True) + interval)
+        label = f"{method} − {baseline} ({len(seeds)})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
