@@ -37,6 +37,12 @@ def check_number(
 
     The range is [low, high], open at an end with ``low_open`` / ``high_open``; a missing end is
     unbounded. +-inf pass only with ``allow_infinity`` (and inside the range).
+
+    >>> check_number("delta", 1, low=0.0, low_open=True)
+    1.0
+    >>> check_number("delta", 0.0, low=0.0, low_open=True)
+    Traceback (most recent call last):
+    ValueError: delta must be a finite number > 0, got 0.0
     """
     if value is None and allow_none:
         return None

@@ -12,6 +12,9 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale: bool = True, ep
     """GRPO outcome advantages, rewards grouped consecutively by prompt:
 
         A_i = (R_i - mean_group(R)) / (std_group(R) + eps)     (no division when scale=False)
+
+    >>> group_advantages(torch.tensor([1, 0, 0, 0, 1, 1, 1, 1]), group_size=4, scale=False).tolist()
+    [0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]
     """
     if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
         raise ValueError(

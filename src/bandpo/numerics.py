@@ -23,7 +23,11 @@ from torch import Tensor
 
 def expm1(y: Tensor, *, out: Tensor | None = None) -> Tensor:
     """e^y - 1 to within a few ulps, eager or compiled. ``out`` receives the result except in a
-    graph compiled for the CPU: use the returned tensor."""
+    graph compiled for the CPU: use the returned tensor.
+
+    >>> expm1(torch.tensor([1e-10], dtype=torch.float64)).item()  # exp(y) - 1 would give 1.000000082740371e-10
+    1.00000000005e-10
+    """
     if not torch.compiler.is_compiling() or y.device.type != "cpu":
         return torch.expm1(y, out=out)
     e = torch.exp(y)
