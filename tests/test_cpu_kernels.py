@@ -282,6 +282,7 @@ def run_without_a_compiler(tmp_path: Path, site: Path, script: str) -> None:
         assert not any(shutil.which(name) for name in ("cc", "gcc", "clang", "c++"))
         # more tokens than cpu_kernels.PARALLEL_MIN_TOKENS (threads), fewer than band.COMPILE_MIN_TOKENS
         # (kernel="auto" without the kernels is eager, not torch.compile, which needs a compiler)
+        torch.manual_seed(0)
         x = torch.cat([-torch.rand(40_000) ** 4, torch.rand(20_000) * -69.0, torch.tensor([0.0, -1e-30])])
     """
     result = subprocess.run(

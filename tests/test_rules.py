@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import bandpo.rules
 from bandpo import CLIP_METHODS, DCPO, Band, BoundRule, FixedClip, Sided, band, make_rule
 from bandpo.rules import CLIP_METHOD_TABLE, rule_table_markdown
 
@@ -368,12 +369,21 @@ def test_band_rejects_an_unknown_kernel(kernel):
         Band("kl", 0.05, kernel=kernel)
 
 
-@pytest.mark.parametrize("kernel", ["eager", "native"])
-def test_band_passes_its_kernel_to_the_operator(kernel):
-    old_log_probs = -torch.rand(3, 40) * 10
-    expected = band(old_log_probs, 0.05, "kl", upper_max=10.0, kernel="eager")
-    for got, reference in zip(Band("kl", 0.05, kernel=kernel).bounds(old_log_probs), expected):
-        torch.testing.assert_close(got, reference, rtol=2e-5, atol=1e-6)
+@pytest.mark.parametrize("kernel", ["auto", "eager", "fused", "native"])
+def test_band_passes_its_kernel_to_the_operator(kernel, monkeypatch):
+    """Band.bounds calls the operator with its own kernel (recorded by a spy that computes eagerly)."""
+    kernels = []
+
+    def spy(*args, **kwargs):
+        kernels.append(kwargs.pop("kernel"))
+        return band(*args, kernel="eager", **kwargs)
+
+    monkeypatch.setattr(bandpo.rules, "band", spy)
+    old_log_probs = -torch.rand(3, 40, generator=torch.Generator().manual_seed(0)) * 10
+    got = Band("kl", 0.05, kernel=kernel).bounds(old_log_probs)
+    assert kernels == [kernel]
+    for got_bound, expected in zip(got, band(old_log_probs, 0.05, "kl", upper_max=10.0, kernel="eager"), strict=True):
+        assert torch.equal(got_bound, expected)
 
 
 # --- Sided rules: band-upper, band-lower ---------------------------------------------------------
