@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=.venv/bin/python
-if ! "$python" -c "import mkdocs, material, mkdocstrings, mkdocstrings_handlers.python, include_markdown" 2>/dev/null; then
+if ! "$python" -c "import mkdocs, material, mkdocstrings, mkdocstrings_handlers.python, include_markdown, mkdocs_jupyter" 2>/dev/null; then
     mapfile -t requirements < <("$python" -c "
 import tomllib
 with open('pyproject.toml', 'rb') as file:
