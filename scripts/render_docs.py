@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = "generated"
 """Folder under docs/ that the artifacts are written to (gitignored, excluded from the nav)."""
-RESULT_FOLDERS = ("benchmarks/results", "docs/study", "docs/compare-fast")
+RESULT_FOLDERS = ("benchmarks/results", "docs/study", "docs/study-rerun", "docs/compare-fast")
 """What the artifacts read; ``mkdocs serve`` watches them."""
 
 Render = Callable[[Path], str | bytes]
@@ -347,6 +347,98 @@ def benchmarks_summary(root: Path) -> str:
     lines = ["| script | measures | target | result |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the study (docs/evidence.md) and the guide to δ
+
+STUDY_METHODS = ["band", "clip", "clip-higher", "dcpo", "band-relax", "band-upper", "band-lower"]
+STUDY_OUTCOMES = ["accuracy_after", "pass_at_8_after", "mean_at_8_after", "entropy_last_quarter",
+                  "clip_rate_off_policy", "low_p_high_share"]
+MECHANISM = ["ppo_kl_off_policy", "clip_low_rate_off_policy", "clip_high_rate_off_policy",
+             "low_p_pos_log_ratio", "low_p_neg_log_ratio", "entropy_last_quarter"]
+BAND_AGAINST_BASELINES = [("band", "clip-higher"), ("band", "clip"), ("band", "dcpo"), ("band", "band-relax")]
+ABLATION = [("band-upper", "clip-higher"), ("band-lower", "clip-higher"), ("band", "band-upper"),
+            ("band", "band-lower")]
+
+
+def study_statistics(root: Path, folder: str = "study") -> dict[str, Any]:
+    return json.loads((root / "docs" / folder / "statistics.json").read_text())
+
+
+@artifact("study-summary.md")
+def study_summary(root: Path) -> str:
+    """Mean ± sd over seeds of each rule's outcomes (docs/study/statistics.json)."""
+    from bandpo.training.statistics import format_summary_columns
+
+    return format_summary_columns(study_statistics(root)["per_method"], STUDY_METHODS, STUDY_OUTCOMES) + "\n"
+
+
+@artifact("study-differences.md")
+def study_differences(root: Path) -> str:
+    """Band minus each baseline on the same seed, with 95% t intervals."""
+    from bandpo.training.statistics import format_paired_columns
+
+    fields = ["accuracy_after", "pass_at_8_after", "mean_at_8_after", "entropy_last_quarter"]
+    return format_paired_columns(study_statistics(root)["paired_differences"], BAND_AGAINST_BASELINES, fields) + "\n"
+
+
+@artifact("study-ablation.md")
+def study_ablation(root: Path) -> str:
+    """The sided rules' ablation: each side of the band against clip-higher, and what each side adds."""
+    from bandpo.training.statistics import format_paired_columns
+
+    fields = ["entropy_last_quarter", "ppo_kl_off_policy", "accuracy_after", "pass_at_8_after", "mean_at_8_after"]
+    return format_paired_columns(study_statistics(root)["paired_differences"], ABLATION, fields) + "\n"
+
+
+@artifact("study-mechanism.md")
+def study_mechanism(root: Path) -> str:
+    """How far each rule moves the policy per update, which side it cuts, how far rare tokens move."""
+    from bandpo.training.statistics import format_summary_columns
+
+    return format_summary_columns(study_statistics(root)["per_method"], STUDY_METHODS, MECHANISM) + "\n"
+
+
+@artifact("study-entropy-vs-kl.png")
+def study_entropy_against_distance(root: Path) -> bytes:
+    """Entropy against cumulative ppo_kl, seed means per rule, from every run's metrics.jsonl."""
+    import matplotlib.pyplot as plt
+
+    from bandpo.training.plots import entropy_distance_figure
+
+    runs: dict[str, list[list[dict]]] = {}
+    study = root / "docs" / "study"
+    for method in STUDY_METHODS:
+        for run in sorted(study.glob(f"{method}-seed*")):
+            if (run / "summary.json").is_file():
+                lines = (run / "metrics.jsonl").read_text().splitlines()
+                runs.setdefault(method, []).append([json.loads(line) for line in lines if line.strip()])
+    figure = entropy_distance_figure(runs, "Study: entropy against cumulative ppo_kl (seed means)")
+    data = figure_png(figure)
+    plt.close(figure)
+    return data
+
+
+@artifact("delta-guide.md")
+def delta_guide(root: Path) -> str:
+    """How far a sampled token's probability may fall and rise at p = 0.01, 0.1, 0.5, 0.9 under each
+    rule: clip, clip-higher, and kl / tv / chi2 at δ = 0.01, 0.02, 0.05, 0.1 (cap 10)."""
+    from bandpo.room import delta_guide_rows
+
+    probabilities = (0.01, 0.1, 0.5, 0.9)
+    lines = ["| rule | " + " | ".join(f"p = {p}: down / up" for p in probabilities) + " |",
+             "|---|" + "---|" * len(probabilities)]
+    for label, cells in delta_guide_rows(probabilities=probabilities):
+        lines.append(f"| {label} | " + " | ".join(f"−{down:.3f} / +{up:.3f}" for down, up in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@artifact("rule-table.md")
+def rule_table(root: Path) -> str:
+    """The loss page's table of rules, from the one table of rules (`bandpo.rules.CLIP_METHOD_TABLE`)."""
+    from bandpo.rules import rule_table_markdown
+
+    return rule_table_markdown() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
