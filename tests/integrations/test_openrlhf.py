@@ -27,7 +27,7 @@ from bandpo.integrations.openrlhf import (  # noqa: E402
     use_bandpo_policy_loss,
 )
 from bandpo.loss import policy_loss  # noqa: E402
-from bandpo.rules import DCPO, Band, FixedClip  # noqa: E402
+from bandpo.rules import CLIP_METHODS, DCPO, Band, FixedClip  # noqa: E402
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,9 +176,12 @@ def test_global_aggregation_is_invariant_to_data_parallel_sharding(token_level_l
         ({"is_correction_threshold": (-1.0, 5.0)}, "is_correction_threshold low must be"),
         ({"is_correction_threshold": (5.0,)}, "is_correction_threshold must be a pair"),
         ({"dual_clip": 0.5}, "dual_clip must be"),
-        ({"bandpo_clip_method": "bandpo"}, "bandpo_clip_method must be one of band, band-relax, clip"),
+        ({"bandpo_clip_method": "bandpo"}, f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}"),
         ({"bandpo_delta": 0.0}, "delta must be"),
         ({"bandpo_clip_method": "band-relax", "clip_eps_low": 1.5}, "eps_low must be"),
+        ({"bandpo_clip_method": "band", "clip_eps_low": 1.5}, r"clip_eps_low must be a number in \[0, 1\), got 1.5"),
+        ({"bandpo_clip_method": "band", "clip_eps_high": -0.1}, "clip_eps_high must be a finite number >= 0"),
+        ({"bandpo_clip_method": "band", "clip_eps_low": float("nan")}, "clip_eps_low must be"),
     ],
 )
 def test_bad_arguments_are_rejected_by_name(arguments, message):
@@ -234,19 +237,27 @@ def test_setup_hook_swaps_the_name_the_trainer_instantiates(monkeypatch):
         use_bandpo_policy_loss("fake_ppo_actor")
 
 
+PADDING_VALUES = {"+inf": float("inf"), "-inf": -float("inf"), "nan": float("nan")}
+
+
+@pytest.mark.parametrize("value", PADDING_VALUES.values(), ids=PADDING_VALUES.keys())
 @pytest.mark.parametrize("token_level_loss", [True, False])
-def test_minus_infinity_in_padding_gives_the_same_finite_loss_and_gradient(token_level_loss):
-    """OpenRLHF aggregates with (loss * mask).sum(): a NaN in padding would poison it."""
+def test_padding_contributes_nothing_whatever_it_holds(token_level_loss, value):
+    """OpenRLHF aggregates with (loss * mask).sum(): +-inf or NaN in padding (advantages, log-probs) would poison it."""
     log_probs, old_log_probs, advantages, action_mask = make_batch(seed=8)
-    padding = ~action_mask
-    padded = (log_probs.masked_fill(padding, -float("inf")), old_log_probs.masked_fill(padding, -float("inf")),
-              advantages, action_mask)
+    padded = tuple(t.masked_fill(~action_mask, value) for t in (log_probs, old_log_probs, advantages)) + (action_mask,)
     loss_module = BandPOPolicyLoss(dual_clip=3.0, token_level_loss=token_level_loss)
-    loss, grad, *_ = run_loss(loss_module, padded)
-    clean_loss, clean_grad, *_ = run_loss(loss_module, (log_probs, old_log_probs, advantages, action_mask))
+    loss, grad, clip_ratio, ppo_kl, *_ = run_loss(loss_module, padded)
+    metrics = loss_module.last_metrics
+    clean_loss, clean_grad, clean_clip_ratio, clean_ppo_kl, *_ = run_loss(
+        loss_module, (log_probs, old_log_probs, advantages, action_mask)
+    )
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
-    torch.testing.assert_close(loss, clean_loss)
-    torch.testing.assert_close(grad, clean_grad)
+    assert loss.item() == clean_loss.item() and torch.equal(grad, clean_grad)
+    assert (clip_ratio.item(), ppo_kl.item()) == (clean_clip_ratio.item(), clean_ppo_kl.item())
+    assert {name: t.item() for name, t in metrics.items()} == {
+        name: t.item() for name, t in loss_module.last_metrics.items()
+    }
 
 
 @pytest.mark.parametrize("dual_clip", [float("inf"), 1.0, float("nan")])
@@ -404,19 +415,43 @@ def test_rollout_correction_needs_rollout_log_probs():
         run_loss(BandPOPolicyLoss(is_correction_level="seq"), batch, batch[1][:, :-1])
 
 
+@pytest.mark.parametrize("value", PADDING_VALUES.values(), ids=PADDING_VALUES.keys())
 @pytest.mark.parametrize("correction", ["icepop", "tis", "seq-mask-tis", "seq-binary-kl"])
-def test_minus_infinity_in_padding_with_rollout_correction(correction):
-    """Padding of the rollout log-probs may be -inf too: the loss, gradient and logs stay those of clean padding."""
+def test_padding_with_rollout_correction_contributes_nothing(correction, value):
+    """Padding of every input, rollout log-probs included, may hold +-inf or NaN: the loss, gradient and logs
+    stay those of clean padding."""
     log_probs, old_log_probs, advantages, action_mask = make_batch(seed=16)
     rollout_log_probs = make_rollout_log_probs((log_probs, old_log_probs, advantages, action_mask), seed=17)
-    padding = ~action_mask
-    infinite = [t.masked_fill(padding, -float("inf")) for t in (log_probs, old_log_probs, rollout_log_probs)]
+    filled = [t.masked_fill(~action_mask, value) for t in (log_probs, old_log_probs, advantages, rollout_log_probs)]
     loss_module = BandPOPolicyLoss(dual_clip=3.0, **correction_arguments(correction))
-    padded = run_loss(loss_module, (infinite[0], infinite[1], advantages, action_mask), infinite[2])
+    padded = run_loss(loss_module, (*filled[:3], action_mask), filled[3])
     clean = run_loss(loss_module, (log_probs, old_log_probs, advantages, action_mask), rollout_log_probs)
     assert all(torch.isfinite(value).all() for value in padded if value is not None)
-    for value, clean_value in zip(padded, clean):
-        torch.testing.assert_close(value, clean_value)
+    for got, expected in zip(padded, clean, strict=True):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("correction", list(CORRECTIONS))
+def test_nan_rollout_log_prob_on_a_valid_token_is_treated_as_openrlhf_treats_it(correction):
+    """A NaN rollout log-probability on a valid token: mask drops its unit and counts it as filtered, clip gives
+    it a NaN weight and does not count it; is_filter_ratio, the loss (NaN with clip) and vllm_kl (NaN) are
+    OpenRLHF's own."""
+    openrlhf_policy_loss = import_openrlhf_policy_loss()
+    batch = make_batch(seed=18, batch=8, tokens=12)
+    rollout_log_probs = make_rollout_log_probs(batch, seed=19)
+    assert batch[3][1, 0]
+    rollout_log_probs[1, 0] = float("nan")
+    arguments = {"dual_clip": 3.0, "clip_eps_high": 0.28, **correction_arguments(correction)}
+    ours = run_loss(BandPOPolicyLoss(**arguments, bandpo_clip_method="clip-higher"), batch, rollout_log_probs)
+    theirs = run_loss(openrlhf_policy_loss(**arguments), batch, rollout_log_probs)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.isnan(ours[0]).item() == (CORRECTIONS[correction][1] == "clip")
+    assert torch.isnan(ours[4]) and torch.isnan(theirs[4])
+    filter_ratio, their_filter_ratio = ours[5].item(), theirs[5].item()
+    if CORRECTIONS[correction][0] == "seq":  # OpenRLHF also counts the empty row (see above)
+        rows, empty = batch[3].shape[0], int((batch[3].sum(-1) == 0).sum())
+        their_filter_ratio = (their_filter_ratio * rows - empty) / (rows - empty)
+    assert filter_ratio == pytest.approx(their_filter_ratio, rel=1e-6)
 
 
 EXAMPLE_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "openrlhf", "run_qwen2.5-3b_bandpo.sh")
@@ -464,3 +499,96 @@ def test_example_script_builds_the_rule_in_the_worker(method, rule, tmp_path, mo
         clip_eps_low=float(arguments[eps + 1]), clip_eps_high=float(arguments[eps + 2]), dual_clip=dual_clip
     )
     assert built.rule == rule and built.dual_clip == 10.0
+
+
+# bandpo check openrlhf: the job's command line read by OpenRLHF's own parser and checks, then BandPOPolicyLoss.
+
+OPENRLHF_REQUIRED = ("--algo.advantage.estimator", "group_norm", "--rollout.n_samples_per_prompt", "4")
+"""Arguments OpenRLHF's own checks need whatever the loss (group advantages need a group)."""
+
+
+def check_job(*arguments: str, environment=None):
+    pytest.importorskip("openrlhf")
+    from bandpo.integrations.openrlhf import check_openrlhf_command_line
+
+    return check_openrlhf_command_line(list(arguments), environment or {})
+
+
+def recorded_job(method: str, tmp_path) -> list[str]:
+    """The example script's ``ray job submit`` arguments, from a stand-in ``ray`` on PATH."""
+    stub = tmp_path / "bin" / "ray"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$ARGUMENTS_FILE"\n')
+    stub.chmod(0o755)
+    arguments_file = tmp_path / f"arguments-{method}"
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "ARGUMENTS_FILE": str(arguments_file),
+           "REWARD_FUNC": "reward.py"}
+    subprocess.run(["bash", EXAMPLE_SCRIPT, method], env=env, check=True, timeout=60)
+    return arguments_file.read_text().split("\0")[:-1]
+
+
+@pytest.mark.parametrize(
+    ("method", "rule"),
+    [("band", Band(delta=0.05, upper_max=10.0)), ("clip-higher", FixedClip(0.2, 0.28)),
+     ("dcpo", DCPO(0.16, 0.20, upper_max=10.0))],
+)
+def test_check_reads_the_example_job_with_openrlhfs_own_parser(method, rule, tmp_path):
+    """The recipe's runtime env and train_ppo_ray arguments (after ``ray job submit --address=...``)."""
+    job = recorded_job(method, tmp_path)
+    runtime_env = next(a for a in job if a.startswith("--runtime-env-json="))
+    settings = check_job(runtime_env, *job[job.index("--"):])
+    assert settings.loss.rule == rule
+    assert (settings.loss.dual_clip, settings.loss.token_level_loss) == (10.0, False)
+    assert settings.bandpo_parameters == {"bandpo_clip_method": method, "bandpo_divergence": "kl",
+                                          "bandpo_delta": 0.05, "bandpo_upper_max": 10.0}
+    assert not any("setup_hook not checked" in note for note in settings.notes)
+
+
+def test_check_takes_bandpo_words_over_the_runtime_env_and_notes_an_unchecked_hook():
+    settings = check_job("BANDPO_DELTA=0.1", "--", "python3", "-m", "openrlhf.cli.train_ppo_ray", *OPENRLHF_REQUIRED,
+                         "--actor.eps_clip_low_high", "0.2", "0.28", environment={"BANDPO_DIVERGENCE": "tv"})
+    assert settings.loss.rule == Band(divergence="tv", delta=0.1)
+    assert settings.policy_loss_arguments["clip_eps_high"] == 0.28
+    assert settings.notes[-1] == ("worker_process_setup_hook not checked (give the job's --runtime-env-json to "
+                                  "check it)")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--actor.eps_clip_lowhigh", "0.2", "0.28"),
+         "OpenRLHF's train_ppo_ray refuses the arguments: unrecognized arguments: --actor.eps_clip_lowhigh"),
+        (("--actor.loss_agg_mode", "seq-mean"), "argument --actor.loss_agg_mode: invalid choice: 'seq-mean'"),
+        (("--algo.advantage.is_correction_threshold", "1", "2", "3"), "takes HIGH or LOW HIGH"),
+        (("BANDPO_CLIP_METHOD=clip_higher",), f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}"),
+        (("BANDPO_DELTAA=0.1",), "unknown BandPO environment variable"),
+        (("--actor.eps_clip_low_high", "1.5", "0.2"), r"clip_eps_low must be a number in \[0, 1\), got 1.5"),
+        (("--actor.policy_loss_type", "gspo"), "policy_loss_type must be 'ppo'"),
+        (("--algo.advantage.is_correction_level", "seq", "--algo.advantage.is_correction_mode", "clip"),
+         "is_correction_mode='clip' clamps the per-token ratio"),
+        (('--runtime-env-json={"worker_process_setup_hook": "my.hook"}',),
+         "the runtime env's worker_process_setup_hook is 'my.hook', so OpenRLHF keeps its own PolicyLoss"),
+        (("--runtime-env-json", "{not json"), "--runtime-env-json must be JSON"),
+    ],
+    ids=["unknown-argument", "choice", "openrlhf-assert", "clip-method", "env-typo", "margin", "gspo",
+         "correction", "hook", "json"],
+)
+def test_check_refuses_wrong_jobs_with_the_reason(arguments, message):
+    words = [a for a in arguments if a.startswith(("BANDPO_", "--runtime-env-json", "{"))]
+    rest = [a for a in arguments if a not in words]
+    with pytest.raises(ValueError, match=message):
+        check_job(*words, *OPENRLHF_REQUIRED, *rest)
+
+
+def test_check_command_prints_the_settings_or_the_error(capsys):
+    pytest.importorskip("openrlhf")
+    from bandpo.cli.main import main
+
+    assert main(["check", "openrlhf", "BANDPO_CLIP_METHOD=clip-higher", *OPENRLHF_REQUIRED,
+                 "--actor.eps_clip_low_high", "0.2", "0.28", "--actor.dual_clip", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "clip method    clip-higher" in out and "margins        clip_eps_low 0.2, clip_eps_high 0.28" in out
+    assert "rule           FixedClip(eps_low=0.2, eps_high=0.28)" in out
+    assert main(["check", "openrlhf", *OPENRLHF_REQUIRED, "--actor.dual_clip", "0.5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("bandpo check: error: dual_clip must be")

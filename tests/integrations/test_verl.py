@@ -21,13 +21,15 @@ from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
 import bandpo.integrations.verl as bandpo_verl  # noqa: E402
 from bandpo.aggregation import LOSS_AGG_MODES  # noqa: E402
 from bandpo.loss import policy_loss  # noqa: E402
-from bandpo.rules import CLIP_METHODS, DCPO, Band, FixedClip  # noqa: E402
+from bandpo.rules import CLIP_METHODS, DCPO, Band, FixedClip, Sided  # noqa: E402
 
 MODULE = "bandpo.integrations.verl"
 DUAL_CLIP = 10.0
 RULES = {  # each clip method with the margins of actor_config (clip_ratio_low/high 0.2 / 0.28)
     "band": Band(divergence="kl", delta=0.05, upper_max=10.0),
     "band-relax": Band(divergence="kl", delta=0.05, upper_max=10.0, relax=(0.2, 0.28)),
+    "band-upper": Sided(FixedClip(eps_low=0.2, eps_high=0.28), Band(divergence="kl", delta=0.05, upper_max=10.0)),
+    "band-lower": Sided(Band(divergence="kl", delta=0.05, upper_max=10.0), FixedClip(eps_low=0.2, eps_high=0.28)),
     "clip": FixedClip(eps_low=0.2, eps_high=0.28),
     "clip-higher": FixedClip(eps_low=0.2, eps_high=0.28),
     "dcpo": DCPO(eps_low=0.2, eps_high=0.28, upper_max=10.0),
@@ -237,7 +239,7 @@ def test_plain_verl_policy_loss_config_uses_published_defaults():
         ({"bandpo_divergence": "kll"}, "divergence must be one of"),
         ({"bandpo_delta": -1.0}, "delta must be"),
         ({"bandpo_upper_max": 0.5}, "upper_max must be"),
-        ({"bandpo_clip_method": "bandpo_clip"}, "bandpo_clip_method must be one of band, band-relax, clip"),
+        ({"bandpo_clip_method": "bandpo_clip"}, f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}"),
     ],
 )
 def test_bad_band_parameters_are_rejected_by_name(fields, message):
@@ -264,7 +266,7 @@ def run_fresh_python(code: str, **env: str) -> subprocess.CompletedProcess:
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # importing verl takes minutes on a loaded 2-core machine
     )
 
 
@@ -297,51 +299,126 @@ def test_verl_use_external_modules_registers_on_import_of_verl():
     assert result.stdout.split() == [MODULE]
 
 
-COMPOSE_ACTOR_CONFIG = """
-    import os, sys, verl
-    from hydra import compose, initialize_config_dir
-    from verl.utils.config import omega_conf_to_dataclass
-    overrides = sys.argv[1:] + [
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.rollout.n=4",
-    ]
-    with initialize_config_dir(os.path.join(os.path.dirname(verl.__file__), "trainer/config"), version_base=None):
-        config = compose("ppo_trainer", overrides=overrides)
-    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
-    policy_loss = actor.policy_loss
-    print(type(policy_loss).__name__, policy_loss.loss_mode, policy_loss.get("bandpo_clip_method"),
-          policy_loss.get("bandpo_delta"))
-"""
+# bandpo check verl: the command line composed with verl's own ppo_trainer config and built as verl's workers do.
+
+REQUIRED = ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.n=4")
+"""Overrides verl's ActorConfig needs whatever the loss (a real command line has them)."""
+TWO_OVERRIDES = (f"actor_rollout_ref.model.external_lib={MODULE}", "actor_rollout_ref.actor.policy_loss.loss_mode=bandpo")
+TARGET = f"actor_rollout_ref.actor.policy_loss._target_={MODULE}.BandPOPolicyLossConfig"
 
 
-def compose_actor_config(*overrides: str) -> subprocess.CompletedProcess:
-    """Build verl's actor config from its own ppo_trainer.yaml and command-line overrides."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(COMPOSE_ACTOR_CONFIG), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def check(*overrides: str, environment=None):
+    return bandpo_verl.check_verl_overrides([*REQUIRED, *TWO_OVERRIDES, *overrides], environment or {})
+
+
+def test_the_two_overrides_give_the_published_defaults():
+    settings = check()
+    assert settings.rule == Band(divergence="kl", delta=0.05, upper_max=10.0)
+    assert (settings.clip_method, settings.divergence, settings.delta, settings.upper_max) == ("band", "kl", 0.05, 10.0)
+    assert (settings.dual_clip, settings.loss_agg_mode, settings.notes) == (3.0, "token-mean", ())
 
 
 def test_band_parameters_are_settable_from_the_verl_command_line():
-    result = compose_actor_config(
-        "actor_rollout_ref.actor.policy_loss.loss_mode=bandpo",
-        f"actor_rollout_ref.actor.policy_loss._target_={MODULE}.BandPOPolicyLossConfig",
+    settings = check(
+        TARGET,
         "+actor_rollout_ref.actor.policy_loss.bandpo_clip_method=band-relax",
         "+actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1",
+        "+actor_rollout_ref.actor.policy_loss.bandpo_upper_max=null",
+        "actor_rollout_ref.actor.clip_ratio_high=0.28",
+        "actor_rollout_ref.actor.clip_ratio_c=10",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
+        "actor_rollout_ref.actor.loss_scale_factor=4096",
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["BandPOPolicyLossConfig", "bandpo", "band-relax", "0.1"]
+    assert settings.rule == Band(delta=0.1, upper_max=None, relax=(0.2, 0.28))
+    assert (settings.clip_ratio_low, settings.clip_ratio_high, settings.dual_clip) == (0.2, 0.28, 10.0)
+    assert (settings.loss_agg_mode, settings.loss_scale_factor) == ("seq-mean-token-sum-norm", 4096)
 
 
-def test_misspelt_band_parameter_on_the_command_line_fails():
-    result = compose_actor_config(
-        f"actor_rollout_ref.actor.policy_loss._target_={MODULE}.BandPOPolicyLossConfig",
-        "+actor_rollout_ref.actor.policy_loss.bandpo_dleta=0.1",
-    )
-    assert result.returncode != 0
-    assert "bandpo_dleta" in result.stderr
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((TARGET, "actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1"),
+         r"actor_rollout_ref.actor.policy_loss.bandpo_delta is not in verl's config: add it with a leading '\+'"),
+        (("+actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1",),
+         r"bandpo_delta is not a field of verl.workers.config.PolicyLossConfig: select BandPO's config with "
+         rf"actor_rollout_ref.actor.policy_loss._target_={MODULE}.BandPOPolicyLossConfig"),
+        ((TARGET, "+actor_rollout_ref.actor.policy_loss.bandpo_dleta=0.1"),
+         r"bandpo_dleta is not a field of BandPOPolicyLossConfig \(did you mean bandpo_delta\?\)"),
+        ((TARGET, "+actor_rollout_ref.actor.policy_loss.bandpo_clip_method=bandpo_clip"),
+         f"bandpo_clip_method must be one of {', '.join(CLIP_METHODS)}, got 'bandpo_clip'"),
+        ((TARGET, "+actor_rollout_ref.actor.policy_loss.bandpo_divergence=js"), "divergence must be one of"),
+        (("actor_rollout_ref.actor.clip_ratio_low=1.5",), r"actor.clip_ratio_low must be a number in \[0, 1\)"),
+        (("actor_rollout_ref.actor.clip_ratio_c=1",), "actor.clip_ratio_c must be a number > 1"),
+        (("actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",),
+         "loss_mode is 'vanilla', so BandPO is not used: add actor_rollout_ref.actor.policy_loss.loss_mode=bandpo"),
+        (("actor_rollout_ref.model.external_lib=null",),
+         f"nothing registers loss_mode=bandpo in verl's workers: add actor_rollout_ref.model.external_lib={MODULE}"),
+        (("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null",), "verl rejected the configuration: .*micro_batch"),
+    ],
+    ids=["missing-plus", "plus-without-target", "typo", "clip-method", "divergence", "margin", "dual-clip",
+         "loss-mode", "external-lib", "verl-own-check"],
+)
+def test_wrong_command_lines_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        check(*overrides)
+
+
+def test_verl_use_external_modules_in_the_environment_registers_too():
+    settings = check("actor_rollout_ref.model.external_lib=null", environment={"VERL_USE_EXTERNAL_MODULES": MODULE})
+    assert settings.clip_method == "band"
+
+
+def test_bypass_mode_in_the_legacy_trainer_is_refused_and_noted_in_v1():
+    with pytest.raises(ValueError, match=r"bypass_mode=true in verl's legacy trainer \(trainer.use_v1=false\) replaces"):
+        check("algorithm.rollout_correction.bypass_mode=true", "trainer.use_v1=false")
+    settings = check("algorithm.rollout_correction.bypass_mode=true")  # v1, verl's default: loss_mode is kept
+    assert settings.notes == ("bypass mode: the old log-probs are the rollout engine's, so the band is computed from "
+                              "pi_rollout",)
+    assert check("trainer.use_v1=false").notes == ()
+
+
+def test_clip_ratio_c_inf_turns_the_dual_clip_off():
+    assert check("actor_rollout_ref.actor.clip_ratio_c=inf").dual_clip is None
+
+
+def test_check_command_prints_the_settings_or_the_fix(capsys):
+    from bandpo.cli.main import main
+
+    assert main(["check", "verl", *REQUIRED, *TWO_OVERRIDES, TARGET,
+                 "+actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1"]) == 0
+    lines = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:]]
+    settings = {name: value for name, value in (line if len(line) == 2 else (line[0], "") for line in lines)}
+    assert settings["delta"] == "0.1" and settings["divergence"] == "kl" and settings["upper_max"] == "10"
+    assert main(["check", "verl", *REQUIRED, *TWO_OVERRIDES, TARGET,
+                 "actor_rollout_ref.actor.policy_loss.bandpo_delta=0.1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "add it with a leading '+'" in captured.err
+
+
+def test_bypass_mode_replacing_bandpo_fails_loudly_at_run_time():
+    """verl's legacy trainer imports apply_bypass_mode by name at every step, after the driver imported the
+    external lib; the name it then gets refuses to replace loss_mode=bandpo and passes other modes on."""
+    from omegaconf import OmegaConf
+
+    from verl.protocol import DataProto
+
+    def legacy_trainer_step(loss_mode: str) -> None:
+        from verl.trainer.ppo.rollout_corr_helper import apply_bypass_mode
+
+        apply_bypass_mode(
+            batch=DataProto.from_single_dict({"responses": torch.zeros(2, 3)}),
+            rollout_corr_config=OmegaConf.create({"bypass_mode": True}),
+            policy_loss_config=OmegaConf.create({"loss_mode": loss_mode}),
+        )
+
+    with pytest.raises(bandpo_verl.BypassModeError, match="set trainer.use_v1=true .* or algorithm.rollout_correction"):
+        legacy_trainer_step("bandpo")
+    with pytest.raises(ValueError, match="bypass_mode=True requires rollout_log_probs"):  # verl's own, reached
+        legacy_trainer_step("vanilla")
+    bandpo_verl.guard_bypass_mode()  # idempotent: still one wrapper around verl's function
+    from verl.trainer.ppo import rollout_corr_helper
+
+    assert not getattr(rollout_corr_helper.apply_bypass_mode.__wrapped__, "bandpo_guard", False)
 
 
 def test_ray_worker_sees_the_registration_through_external_lib_and_env():
@@ -362,7 +439,7 @@ def test_ray_worker_sees_the_registration_through_external_lib_and_env():
         with_env = ray.remote(num_cpus=1, runtime_env={"env_vars": {"VERL_USE_EXTERNAL_MODULES": MODULE}})(
             loss_mode_in_worker
         )
-        assert ray.get([plain.remote(False), with_env.remote(True)], timeout=120) == [MODULE, MODULE]
+        assert ray.get([plain.remote(False), with_env.remote(True)], timeout=600) == [MODULE, MODULE]
     finally:
         ray.shutdown()
 
@@ -383,6 +460,123 @@ def test_minus_infinity_in_padding_gives_the_same_finite_loss_and_gradient(clip_
     torch.testing.assert_close(loss, clean_loss)
     torch.testing.assert_close(grad, clean_grad)
     assert metrics == pytest.approx(clean_metrics)
+
+
+VERL_LOSS_AGG_MODES = (*LOSS_AGG_MODES, "token-sum")
+PADDING_VALUES = {"+inf": float("inf"), "-inf": -float("inf"), "nan": float("nan")}
+
+
+@pytest.mark.parametrize("loss_agg_mode", VERL_LOSS_AGG_MODES)
+@pytest.mark.parametrize("value", PADDING_VALUES.values(), ids=PADDING_VALUES.keys())
+@pytest.mark.parametrize("filled", ["advantages", "log_prob", "old_log_prob", "rollout_is_weights", "all"])
+def test_padding_contributes_nothing_whatever_it_holds(filled, value, loss_agg_mode):
+    """+-inf or NaN at padded positions of any input, verl's rollout_is_weights included, leave the loss, its
+    gradient and every metric those of clean padding (issue 17, reproducer 8)."""
+    data = make_batch(seed=12, empty_row=True)
+    padding = ~data["response_mask"]
+    weights = torch.linspace(0.5, 2.0, 8, dtype=torch.float64).unsqueeze(-1).expand_as(data["log_prob"])
+    dirty = {**data, "rollout_is_weights": weights}
+    for name in ("advantages", "log_prob", "old_log_prob", "rollout_is_weights"):
+        if filled in (name, "all"):
+            dirty[name] = dirty[name].masked_fill(padding, value)
+    config = actor_config("band", loss_agg_mode)
+    loss, grad, metrics = call_like_verl(data, config, weights)
+    dirty_weights = dirty.pop("rollout_is_weights")
+    dirty_loss, dirty_grad, dirty_metrics = call_like_verl(dirty, config, dirty_weights)
+    assert torch.isfinite(dirty_loss) and padding.sum() >= 12
+    assert dirty_loss.item() == loss.item()
+    assert torch.equal(dirty_grad, grad)
+    assert dirty_metrics == metrics
+
+
+def test_clip_ratio_c_inf_is_verl_vanilla_without_a_dual_clip():
+    """verl's own loss accepts clip_ratio_c = inf (nothing capped); so does bandpo, as dual_clip=None."""
+    data = make_batch(seed=13)
+    config = actor_config("clip-higher", "token-mean")
+    object.__setattr__(config, "clip_ratio_c", float("inf"))
+    loss, grad, metrics = call_like_verl(data, config)
+    log_prob = data["log_prob"].clone().requires_grad_(True)
+    vanilla_loss, vanilla_metrics = compute_policy_loss_vanilla(
+        old_log_prob=data["old_log_prob"], log_prob=log_prob, advantages=data["advantages"],
+        response_mask=data["response_mask"], loss_agg_mode="token-mean", config=config,
+    )
+    (vanilla_grad,) = torch.autograd.grad(vanilla_loss, log_prob)
+    torch.testing.assert_close(loss, vanilla_loss.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, vanilla_grad, rtol=1e-12, atol=1e-12)
+    assert metrics["actor/pg_clipfrac_lower"] == vanilla_metrics["actor/pg_clipfrac_lower"] == 0.0
+    log_prob = data["log_prob"].clone()
+    expected, _ = policy_loss(log_prob, data["old_log_prob"], data["advantages"], data["response_mask"],
+                              clip=FixedClip(0.2, 0.28), dual_clip=None)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+
+
+HAND_BUILT = {
+    "clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28, "clip_ratio_c": 3.0,
+    "policy_loss": {"loss_mode": "bandpo"}, "global_batch_info": {},
+}
+
+
+@pytest.mark.parametrize("missing", ["clip_ratio_c", "policy_loss", "global_batch_info", "clip_ratio"])
+def test_a_hand_built_config_lacking_a_key_is_refused_naming_it(missing):
+    from omegaconf import OmegaConf
+
+    fields = {name: value for name, value in HAND_BUILT.items() if name != missing}
+    if missing == "clip_ratio":  # needed only where a margin is unset
+        fields["clip_ratio_low"] = None
+    config = OmegaConf.create(fields)
+    OmegaConf.set_struct(config, True)  # as Hydra builds it: a missing key raises
+    data = make_batch(seed=14)
+    with pytest.raises(ValueError, match=rf"verl's actor config has no actor.{missing}; config must be verl's"):
+        get_policy_loss_fn("bandpo")(**data, loss_agg_mode="token-mean", config=config, rollout_is_weights=None)
+    complete = OmegaConf.create(HAND_BUILT)
+    OmegaConf.set_struct(complete, True)
+    loss, _ = get_policy_loss_fn("bandpo")(**data, loss_agg_mode="token-mean", config=complete, rollout_is_weights=None)
+    assert torch.isfinite(loss)
+
+
+# verl's divisor for seq-mean-token-sum-norm, pinned on verl's own agg_loss (issue 18: not T alone).
+
+def test_verl_agg_loss_divides_seq_mean_token_sum_norm_by_sequences_times_horizon():
+    """verl 0.9.1's agg_loss, seq-mean-token-sum-norm, on L (3 x 4) with the last row fully masked:
+
+        sum_{i,t} L m * dp_size / (G * C)
+
+    G = global_batch_size when given (verl's trainer passes ppo_mini_batch_size * rollout.n: every sequence of
+    the mini-batch), else the number of rows with a valid token; C = loss_scale_factor when given, else T.
+    Here sum L m = 1 + 2 + 3 + 5 = 11 and T = 4.
+    """
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    from bandpo.aggregation import aggregate
+
+    loss = torch.tensor([[1.0, 2.0, 3.0, 100.0], [5.0, 100.0, 100.0, 100.0], [7.0, 7.0, 7.0, 7.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)
+
+    def verl(**global_batch_info):
+        return agg_loss(loss, mask, "seq-mean-token-sum-norm", **global_batch_info).item()
+
+    assert verl() == pytest.approx(11 / (2 * 4))  # G = 2 rows with a valid token
+    assert verl(global_batch_size=3) == pytest.approx(11 / (3 * 4))
+    assert verl(global_batch_size=3, loss_scale_factor=10) == pytest.approx(11 / (3 * 10))
+    assert verl(dp_size=2, global_batch_size=6, batch_num_tokens=8) == pytest.approx(11 * 2 / (6 * 4))
+    assert verl() != pytest.approx(11 / 4)  # not T alone
+    # bandpo's aggregate divides by B * T with B every row: verl's value where G = B, as verl's trainer sets it
+    assert aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(verl(global_batch_size=3))
+    assert aggregate(loss[:2], mask[:2], "seq-mean-token-sum-norm").item() == pytest.approx(verl())
+
+
+def test_registered_sum_norm_loss_equals_policy_loss_with_global_batch_info_as_verl_fills_it():
+    """With an empty row, verl's trainer passes global_batch_size = every sequence of the mini-batch, and the
+    registered loss is policy_loss's B * T; without it verl counts only the rows with a valid token."""
+    data = make_batch(seed=15, empty_row=True)
+    expected, expected_grad, _ = bandpo_reference("band", data, "seq-mean-token-sum-norm")
+    config = actor_config("band", "seq-mean-token-sum-norm")
+    config.global_batch_info.update(dp_size=1, batch_num_tokens=None, global_batch_size=8, loss_scale_factor=None)
+    loss, grad, _ = call_like_verl(data, config)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    local_loss, _, _ = call_like_verl(data, actor_config("band", "seq-mean-token-sum-norm"))
+    torch.testing.assert_close(local_loss, expected * 8 / 7, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -550,31 +744,12 @@ EXAMPLE_METHODS = {  # script argument: (bandpo_clip_method, clip_ratio_low, cli
     "dcpo": ("dcpo", 0.16, 0.2),
 }
 
-COMPOSE_EXAMPLE = """
-    import json, os, sys, verl
-    from hydra import compose, initialize_config_dir
-    from verl.utils.config import omega_conf_to_dataclass
-    results = {}
-    for path in sys.argv[1:]:
-        arguments = [line for line in open(path).read().splitlines() if line][2:]  # after -m verl.trainer.main_ppo
-        with initialize_config_dir(os.path.join(os.path.dirname(verl.__file__), "trainer/config"), version_base=None):
-            config = compose("ppo_trainer", overrides=arguments)
-        actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
-        results[os.path.basename(path)] = [
-            type(actor.policy_loss).__name__, actor.policy_loss.loss_mode, actor.policy_loss.bandpo_clip_method,
-            actor.clip_ratio_low, actor.clip_ratio_high, config.actor_rollout_ref.model.external_lib,
-        ]
-    print(json.dumps(results))
-"""
-
 
 def test_example_script_overrides_build_verl_configs(tmp_path):
-    """The verl recipe's command line, every method, composes with verl's own ppo_trainer.yaml into our config.
+    """The verl recipe's command line, every method, passes ``bandpo check verl`` with the method's rule.
 
     A stand-in ``python3`` on PATH records the arguments the script would pass to verl.trainer.main_ppo.
     """
-    import json
-
     stub = tmp_path / "bin" / "python3"
     stub.parent.mkdir()
     stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGUMENTS_FILE"\n')
@@ -589,10 +764,9 @@ def test_example_script_overrides_build_verl_configs(tmp_path):
         paths.append(str(path))
     bad = subprocess.run(["bash", EXAMPLE_SCRIPT, "bandpo_clip"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "method must be one of" in bad.stderr
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(COMPOSE_EXAMPLE), *paths], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    composed = json.loads(result.stdout.strip().splitlines()[-1])
-    for method, (clip_method, low, high) in EXAMPLE_METHODS.items():
-        assert composed[method] == ["BandPOPolicyLossConfig", "bandpo", clip_method, low, high, MODULE], method
+    for method, path in zip(EXAMPLE_METHODS, paths, strict=True):
+        overrides = [line for line in open(path).read().splitlines() if line][2:]  # after -m verl.trainer.main_ppo
+        settings = bandpo_verl.check_verl_overrides(overrides, {})
+        clip_method, low, high = EXAMPLE_METHODS[method]
+        assert (settings.clip_method, settings.clip_ratio_low, settings.clip_ratio_high) == (clip_method, low, high)
+        assert settings.dual_clip == 10.0 and settings.loss_agg_mode == "seq-mean-token-mean", method

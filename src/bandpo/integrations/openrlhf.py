@@ -26,10 +26,19 @@ sets the keyword ``bandpo_x``)::
 
 from __future__ import annotations
 
+import argparse
+import ast
+import contextlib
+import datetime
 import functools
 import importlib
+import importlib.util
+import inspect
+import io
+import json
 import os
-from typing import Mapping, NamedTuple, Optional, Sequence
+import types
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +46,7 @@ from torch import Tensor, nn
 from bandpo.aggregation import aggregate
 from bandpo.checks import check_number
 from bandpo.loss import policy_terms
-from bandpo.rules import BoundRule, check_clip_method, make_rule
+from bandpo.rules import BoundRule, check_clip_method, check_eps_low, make_rule
 
 OPENRLHF_ACTOR_MODULE = "openrlhf.trainer.ray.ppo_actor"
 """The module whose ``PolicyLoss`` name OpenRLHF's actor trainer instantiates."""
@@ -157,7 +166,9 @@ def rollout_correction(
     ``is_filter_ratio`` is the share of units out of band, ``vllm_kl`` the mean of log pi_rollout -
     log pi_old over valid tokens. Padding (mask 0) may hold any value, -inf included: it is read as
     log-probability 0, gets weight 1 and counts nowhere. A sequence without valid tokens is not a unit
-    (OpenRLHF's 0/0 mean makes it NaN and counts it as filtered).
+    (OpenRLHF's 0/0 mean makes it NaN and counts it as filtered). A NaN log-probability on a valid token
+    is treated as OpenRLHF treats it: its unit is dropped and counted as filtered with ``mask``; with
+    ``clip`` its weight is NaN and it is not counted (NaN is neither below nor above the band).
     """
     low, high = check_rollout_correction(level, mode, gating, threshold)
     if level == "off":
@@ -195,10 +206,14 @@ def rollout_correction(
                 statistic = (p - q).abs()
             if seq_level:
                 statistic = sequence_mean(statistic)
-        inside = (statistic >= low) & (statistic <= high)
-        weights = statistic.clamp(low, high) if mode == "clip" else torch.where(inside, token_weight, 0.0)
+        if mode == "clip":
+            weights = statistic.clamp(low, high)
+            filtered = (statistic < low) | (statistic > high)
+        else:
+            inside = (statistic >= low) & (statistic <= high)
+            weights = torch.where(inside, token_weight, 0.0)
+            filtered = ~inside
         weights = torch.where(valid, weights.expand_as(old), 1.0)
-        filtered = ~inside
         units = tokens_per_sequence > 0 if seq_level else valid
         is_filter_ratio = (filtered & units).sum().to(old.dtype) / units.sum().clamp_min(1)
         vllm_kl = ((rollout - old) * weight_mask).sum() / weight_mask.sum().clamp_min(1.0)
@@ -209,8 +224,8 @@ class BandPOPolicyLoss(nn.Module):
     """OpenRLHF's PolicyLoss with the ratio interval of a BandPO bound rule.
 
     Args:
-        clip_eps_low, clip_eps_high: margins of the clip, clip-higher, band-relax and dcpo rules
-            (ignored by ``band``).
+        clip_eps_low, clip_eps_high: margins of the clip, clip-higher, band-relax, band-upper, band-lower
+            and dcpo rules (ignored by ``band``, but range-checked for every rule: [0, 1) and >= 0).
         dual_clip: c > 1 caps the loss of negative-advantage tokens at -c A; None for no cap.
         token_level_loss: token-mean (True) or seq-mean-token-mean (False), as in OpenRLHF.
         policy_loss_type: must be ``"ppo"``.
@@ -247,6 +262,8 @@ class BandPOPolicyLoss(nn.Module):
             )
         check_rollout_correction(is_correction_level, is_correction_mode, is_correction_gating, is_correction_threshold)
         check_number("dual_clip", dual_clip, low=1.0, low_open=True, allow_none=True)
+        check_eps_low("clip_eps_low", clip_eps_low)
+        check_number("clip_eps_high", clip_eps_high, low=0.0)
         check_clip_method(bandpo_clip_method, "bandpo_clip_method")
         self.rule: BoundRule = make_rule(
             bandpo_clip_method, divergence=bandpo_divergence, delta=bandpo_delta, upper_max=bandpo_upper_max,
@@ -330,3 +347,147 @@ def use_bandpo_policy_loss(target_module: str = OPENRLHF_ACTOR_MODULE) -> None:
     BandPOPolicyLoss(**parameters)  # validate before patching
     module = importlib.import_module(target_module)
     module.PolicyLoss = functools.partial(BandPOPolicyLoss, **parameters)
+
+
+# ``bandpo check openrlhf``: a job's command line read by OpenRLHF's own parser, before any GPU is used.
+
+TRAIN_PPO_RAY_MODULE = "openrlhf.cli.train_ppo_ray"
+SETUP_HOOK = f"{__name__}.use_bandpo_policy_loss"
+"""The ``worker_process_setup_hook`` that swaps BandPO's loss in."""
+
+
+class OpenRLHFSettings(NamedTuple):
+    """What OpenRLHF's actor will build: PolicyLoss's arguments, BandPO's keywords and the loss itself."""
+
+    policy_loss_arguments: dict[str, Any]
+    bandpo_parameters: dict[str, object]
+    """Every ``bandpo_*`` keyword, from the environment or its default."""
+    loss: BandPOPolicyLoss
+    notes: tuple[str, ...]
+    """OpenRLHF's own printed warnings, and what was not checked."""
+
+
+class _RefusingParser(argparse.ArgumentParser):
+    """argparse that raises ValueError where it would print usage and exit."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise ValueError(f"OpenRLHF's train_ppo_ray refuses the arguments: {message}")
+
+
+def _train_ppo_ray_main_block() -> tuple[list[ast.stmt], list[ast.stmt], str]:
+    """The statements of train_ppo_ray's ``if __name__ == "__main__":`` block that build the parser, and
+    those that check and complete the parsed arguments (``train(args)`` and the hub patch left out)."""
+    spec = importlib.util.find_spec(TRAIN_PPO_RAY_MODULE)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"{TRAIN_PPO_RAY_MODULE} not found")
+    with open(spec.origin, encoding="utf-8") as source:
+        tree = ast.parse(source.read(), filename=spec.origin)
+    blocks = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+    body = blocks[-1].body if blocks else []
+    parse = [i for i, node in enumerate(body) if "parser.parse_args()" in ast.unparse(node)]
+    if not parse:
+        raise ImportError(f"{spec.origin} has no __main__ block calling parser.parse_args(): not OpenRLHF 0.11")
+
+    def runs_training(node: ast.stmt) -> bool:
+        return any(isinstance(name, ast.Name) and name.id in ("train", "patch_hub") for name in ast.walk(node))
+
+    checks = [node for node in body[parse[0] + 1 :] if not runs_training(node)]
+    return body[: parse[0]], checks, spec.origin
+
+
+def policy_loss_arguments_from_train_ppo_ray(arguments: Sequence[str]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """PolicyLoss's constructor arguments as OpenRLHF 0.11's actor builds them from ``train_ppo_ray`` arguments,
+    and OpenRLHF's printed warnings.
+
+    Runs OpenRLHF's own parser and argument checks (its ``__main__`` block without the imports of Ray and
+    vLLM and without ``train(args)``); their refusals become ValueError.
+    """
+    build, checks, filename = _train_ppo_ray_main_block()
+    argparse_refusing = types.SimpleNamespace(**{**vars(argparse), "ArgumentParser": _RefusingParser})
+    namespace: dict[str, Any] = {"argparse": argparse_refusing, "datetime": datetime.datetime, "os": os}
+    exec(compile(ast.Module(body=build, type_ignores=[]), filename, "exec"), namespace)
+    namespace["args"] = namespace["parser"].parse_args(list(arguments))
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(ast.Module(body=checks, type_ignores=[]), filename, "exec"), namespace)
+    except AssertionError as error:
+        raise ValueError(f"OpenRLHF's train_ppo_ray refuses the arguments: {error}") from error
+    except (AttributeError, TypeError) as error:
+        raise ValueError(f"OpenRLHF's train_ppo_ray checks fail on these arguments: {error!r}") from error
+    args = namespace["args"]
+    policy_loss_arguments = {  # as openrlhf.trainer.ray.ppo_actor builds its PolicyLoss
+        "clip_eps_low": args.actor.eps_clip_low_high[0],
+        "clip_eps_high": args.actor.eps_clip_low_high[1],
+        "dual_clip": args.actor.dual_clip,
+        "token_level_loss": args.actor.loss_agg_mode == "token-mean",
+        "policy_loss_type": args.actor.policy_loss_type,
+        "is_correction_level": args.algo.advantage.is_correction_level,
+        "is_correction_mode": args.algo.advantage.is_correction_mode,
+        "is_correction_gating": args.algo.advantage.is_correction_gating,
+        "is_correction_threshold": args.algo.advantage.is_correction_threshold,
+    }
+    return policy_loss_arguments, tuple(line for line in printed.getvalue().splitlines() if line.strip())
+
+
+def _split_job_command_line(arguments: Sequence[str]) -> tuple[dict[str, str], Optional[dict], list[str]]:
+    """(BANDPO_* assignments, the runtime env, train_ppo_ray arguments) of a command line written
+    ``[BANDPO_X=V ...] [--runtime-env-json JSON] [--] [python3 -m openrlhf.cli.train_ppo_ray] ARGS...``."""
+    assignments: dict[str, str] = {}
+    runtime_env = None
+    rest = list(arguments)
+    while rest:
+        token = rest[0]
+        if token.startswith("BANDPO_") and "=" in token:
+            name, value = token.split("=", 1)
+            assignments[name] = value
+            rest.pop(0)
+        elif token.startswith("--runtime-env-json"):
+            text = token.split("=", 1)[1] if "=" in token else (rest[1] if len(rest) > 1 else "")
+            del rest[: 1 if "=" in token else 2]
+            try:
+                runtime_env = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--runtime-env-json must be JSON, got {text!r}: {error}") from error
+            if not isinstance(runtime_env, dict):
+                raise ValueError(f"--runtime-env-json must be a JSON object, got {text!r}")
+        else:
+            break
+    if rest[:1] == ["--"]:
+        rest.pop(0)
+    if len(rest) >= 3 and rest[1] == "-m" and rest[2] == TRAIN_PPO_RAY_MODULE:
+        rest = rest[3:]
+    return assignments, runtime_env, rest
+
+
+def check_openrlhf_command_line(arguments: Sequence[str], environment: Mapping[str, str]) -> OpenRLHFSettings:
+    """The BandPOPolicyLoss an OpenRLHF job would build, from its command line and ``environment``.
+
+    ``arguments``: ``[BANDPO_X=V ...] [--runtime-env-json JSON] [--] [python3 -m
+    openrlhf.cli.train_ppo_ray] ARGS...``. BandPO's parameters are the ``BANDPO_*`` variables of
+    ``environment``, then of the runtime env's ``env_vars``, then of the assignments (later wins). The
+    runtime env's ``worker_process_setup_hook`` must be `SETUP_HOOK`. ValueError for anything OpenRLHF or
+    BandPOPolicyLoss refuses.
+    """
+    assignments, runtime_env, train_arguments = _split_job_command_line(arguments)
+    notes: list[str] = []
+    job_environment = {name: value for name, value in environment.items() if name.startswith("BANDPO_")}
+    if runtime_env is None:
+        notes.append("worker_process_setup_hook not checked (give the job's --runtime-env-json to check it)")
+    else:
+        hook = runtime_env.get("worker_process_setup_hook")
+        if hook != SETUP_HOOK:
+            raise ValueError(
+                f"the runtime env's worker_process_setup_hook is {hook!r}, so OpenRLHF keeps its own PolicyLoss: "
+                f"set it to {SETUP_HOOK!r}"
+            )
+        job_environment.update(runtime_env.get("env_vars") or {})
+    job_environment.update(assignments)
+    policy_loss_arguments, printed = policy_loss_arguments_from_train_ppo_ray(train_arguments)
+    parameters = bandpo_parameters_from_environment(job_environment)
+    loss = BandPOPolicyLoss(**policy_loss_arguments, **parameters)
+    defaults = {
+        name: parameter.default for name, parameter in inspect.signature(BandPOPolicyLoss).parameters.items()
+        if name.startswith("bandpo_")
+    }
+    return OpenRLHFSettings(policy_loss_arguments, {**defaults, **parameters}, loss, (*printed, *notes))
