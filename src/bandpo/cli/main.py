@@ -1,4 +1,4 @@
-"""The ``bandpo`` command: ``bounds``, ``train`` and ``compare``.
+"""The ``bandpo`` command: ``bounds``, ``train``, ``compare`` and ``check``.
 
 Each subcommand is a pair: ``configure(args)`` checks the flags and returns what to do, raising
 ValueError for a bad configuration, or ImportError for a missing or unsupported optional dependency
@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from bandpo.cli.bounds import add_bounds_arguments, configure_bounds, run_bounds
+from bandpo.cli.check import add_check_arguments, configure_check, run_check
 from bandpo.cli.compare import add_compare_arguments, configure_compare, run_compare
 from bandpo.cli.train import add_train_arguments, configure_train, run_train
 
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
          "train a model with BandPO through TRL (offline default)"),
         ("compare", add_compare_arguments, configure_compare, run_compare,
          "compare clip methods and seeds on the same task and budget (resumable)"),
+        ("check", add_check_arguments, configure_check, run_check,
+         "check a verl or OpenRLHF command line's BandPO settings with the engine's own parser, before any GPU"),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text)
         add_arguments(command)
