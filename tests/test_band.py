@@ -274,6 +274,23 @@ def test_old_log_probs_must_be_a_floating_tensor(x):
         band(x, 0.05)
 
 
+@pytest.mark.parametrize(
+    "x, what",
+    [
+        (torch.full((3,), -0.5, device="meta"), "meta device"),
+        (torch.full((3,), -0.5).to(torch.float8_e4m3fn), "dtype torch.float8_e4m3fn"),
+        (torch.full((3,), -0.5).to_sparse(), "layout torch.sparse_coo"),
+        (torch.full((2, 2), -0.5).to_sparse_csr(), "layout torch.sparse_csr"),
+    ],
+    ids=["meta", "float8", "sparse-coo", "sparse-csr"],
+)
+def test_tensors_without_data_or_arithmetic_are_refused_naming_what_is_accepted(x, what):
+    """Issue 17, 9: these raised RuntimeError / NotImplementedError from inside torch."""
+    with pytest.raises(ValueError) as error:
+        band(x, 0.05)
+    assert what in str(error.value) and "float16, bfloat16, float32 or float64" in str(error.value)
+
+
 @pytest.mark.parametrize("cap", [0.5, 0.0, -1.0, math.nan, True, "10"])
 def test_upper_max_must_be_at_least_one(cap):
     with pytest.raises(ValueError, match="upper_max"):

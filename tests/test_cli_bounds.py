@@ -118,3 +118,46 @@ def test_every_band_row_is_finite_for_the_default_probabilities(capsys):
     rows = table_rows(capsys.readouterr().out)
     assert len(rows) == 10 * 11
     assert all(math.isfinite(lower) and math.isfinite(upper) and lower <= 1 <= upper for lower, upper in rows.values())
+
+
+def test_plot_without_an_extension_writes_and_reports_a_png(tmp_path, capsys):
+    """Issue 17, 12: --plot X wrote X.png but reported X."""
+    pytest.importorskip("matplotlib")
+    assert main(["bounds", "--p", "0.5", "--plot", str(tmp_path / "X")]) == 0
+    assert (tmp_path / "X.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"figure written to {tmp_path / 'X.png'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("bounds.txt", "the extension must be one of"), ("a-file/bounds.png", "cannot make the folder")],
+    ids=["txt", "folder-is-a-file"],
+)
+def test_a_plot_path_that_cannot_be_written_exits_2_before_the_table(tmp_path, capsys, name, message):
+    """Issue 17, 12: a traceback after the table."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "a-file").write_text("x")
+    assert main(["bounds", "--p", "0.5", "--plot", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("bandpo bounds: error: --plot") and message in captured.err
+
+
+def test_a_plot_into_a_missing_folder_makes_it(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert main(["bounds", "--p", "0.5", "--plot", str(tmp_path / "new" / "deeper" / "b.png")]) == 0
+    assert (tmp_path / "new" / "deeper" / "b.png").is_file()
+
+
+def test_a_full_standard_output_is_one_line_and_status_1(capsys, monkeypatch):
+    """Issue 17, 12: `bandpo bounds > /dev/full` gave an OSError traceback."""
+    import errno
+    import io
+    import sys
+
+    class FullDevice(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", FullDevice())
+    assert main(["bounds", "--p", "0.5"]) == 1
+    assert capsys.readouterr().err == "bandpo bounds: error: No space left on device\n"

@@ -32,6 +32,7 @@ def test_fast_preset_writes_metrics_plots_and_summary(tmp_path, tiny_model_dir, 
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["method"] == "band" and summary["eval_count"] == 16
+    assert summary["output_dir"] == "."  # relative to the run's folder: no machine path in committed data
     assert 0 <= summary["accuracy_before"] <= 1 and 0 <= summary["accuracy_after"] <= 1
     assert "held-out accuracy" in capsys.readouterr().out
 
@@ -79,7 +80,7 @@ def test_resume_after_a_hard_kill_drops_the_steps_logged_after_the_checkpoint(tm
         ([], "clip_method: band\n", "unknown key 'clip_method'"),
         (["--clip-method", "band-relax"], "epsilon: 1.5\n", "epsilon must be a number in [0, 1), got 1.5"),
         (["--clip-method", "band-relax"], "importance_sampling_level: sequence\n", "needs importance_sampling_level"),
-        (["--resume"], None, "no checkpoint-"),
+        (["--resume"], None, "no complete checkpoint-"),
         (["--steps", "0"], None, "max_steps (--steps) must be >= 1, got 0"),
         ([], "max_steps: 0\n", "max_steps (--steps) must be >= 1, got 0"),
         ([], "learning_rate: abc\n", "learning_rate must be float, got 'abc'"),
@@ -91,6 +92,20 @@ def test_resume_after_a_hard_kill_drops_the_steps_logged_after_the_checkpoint(tm
         (["--dataset", "DATA_DIR/one-row.jsonl"], None, "has 1 row(s): it needs held-out rows and training rows"),
         (["--dataset", "DATA_DIR/numbers.jsonl"], None, "row 0 holds 5"),
         (["--dataset", "DATA_DIR/empty.jsonl"], None, "has no rows"),
+        # issue 17, 4: these failed after loading the model, with a traceback
+        ([], "per_device_train_batch_size: 0\n", "per_device_train_batch_size must be >= 1, got 0"),
+        ([], "gradient_accumulation_steps: 0\n", "gradient_accumulation_steps must be >= 1, got 0"),
+        ([], "learning_rate: .nan\n", "learning_rate must be a finite number > 0, got nan"),
+        ([], "learning_rate: -1\n", "learning_rate must be a finite number > 0, got -1"),
+        ([], "seed: -1\n", "seed (--seed, --seeds) must be in 0..4294967295, got -1"),
+        (["--seed", "-5"], None, "seed (--seed, --seeds) must be in 0..4294967295, got -5"),
+        ([], "temperature: 0\n", "temperature must be a finite number > 0, got 0"),
+        ([], "max_completion_length: 0\n", "max_completion_length must be >= 1, got 0"),
+        # issue 17, 3: trained 0 steps and reported "0.0% -> 0.0%"
+        (["--dataset", "DATA_DIR/four.jsonl", "--eval-problems", "1"], None,
+         "leaves 3 training row(s), but one generation draws 4 prompts"),
+        (["--preset", "fast", "--dataset", "DATA_DIR/four.jsonl", "--eval-problems", "1"], None,
+         "so no step would train"),
     ],
 )
 def test_bad_configuration_fails_before_loading(tmp_path, tiny_model_dir, capsys, monkeypatch, flags, yaml_text, message):
@@ -100,6 +115,7 @@ def test_bad_configuration_fails_before_loading(tmp_path, tiny_model_dir, capsys
     (tmp_path / "one-row.jsonl").write_text('{"prompt": "1+1?", "answer": 2}\n')
     (tmp_path / "numbers.jsonl").write_text('{"prompt": 5, "answer": 2}\n')
     (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "four.jsonl").write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": i + 1}) + "\n" for i in range(4)))
     flags = [flag.replace("DATA_DIR", str(tmp_path)) for flag in flags]
     argv = ["--model", tiny_model_dir, "--output-dir", str(tmp_path / "run")] + flags
     if yaml_text is not None:
@@ -264,3 +280,172 @@ def test_study_preset_defaults_are_the_runs_committed_in_docs_study(monkeypatch)
     committed = {run.name for run in (Path(__file__).parents[1] / "docs" / "study").glob("*-seed*")}
     assert {f"{m}-seed{s}" for m in planned["methods"] for s in planned["seeds"]} == committed
     assert planned["methods"][:4] == list(compare.DEFAULT_CLIP_METHODS)  # the published four first, as recorded
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if anything loads a model: the checks must come first."""
+    import bandpo.training.models as models
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda source: pytest.fail("model loaded"))
+
+
+def test_a_tracker_that_is_not_installed_fails_before_loading(tmp_path, tiny_model_dir, capsys, monkeypatch,
+                                                               no_model_loading):
+    import transformers.integrations
+
+    monkeypatch.setattr(transformers.integrations, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    (tmp_path / "c.yaml").write_text("report_to: wandb\n")
+    argv = ["--model", tiny_model_dir, "--output-dir", str(tmp_path / "run"), "--config", str(tmp_path / "c.yaml")]
+    assert train.main(argv) == 2
+    assert "report_to: wandb not installed; installed trackers: tensorboard" in capsys.readouterr().err
+
+
+def test_compare_refuses_a_negative_seed_before_loading(tmp_path, tiny_model_dir, capsys, no_model_loading):
+    assert compare.main(["--seeds", "-1", "--model", tiny_model_dir, "--output-dir", str(tmp_path / "cmp")]) == 2
+    assert "seed (--seed, --seeds) must be in 0..4294967295, got -1" in capsys.readouterr().err
+
+
+def finished_summary_text() -> str:
+    return json.dumps({"output_dir": ".", "interrupted": False, "accuracy_after": 0.5, "settings": {}})
+
+
+def test_train_into_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, tiny_model_dir, capsys,
+                                                                      no_model_loading):
+    """Issue 17, 7: `train` silently deleted a finished run's metrics and overwrote its summary."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text(finished_summary_text())
+    argv = ["--model", tiny_model_dir, "--output-dir", str(out)]
+    assert train.main(argv) == 2
+    assert "holds a finished run (summary.json); continue it with --resume, replace it with --overwrite" in (
+        capsys.readouterr().err
+    )
+    (out / "summary.json").unlink()
+    (out / "checkpoint-2").mkdir()
+    assert train.main(argv) == 2
+    assert "holds checkpoints of an unfinished run" in capsys.readouterr().err
+    args = build_parser().parse_args(["train", *argv, "--overwrite"])
+    assert args.configure(args).settings.overwrite
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", *argv, "--overwrite", "--resume"])
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("summary.json", "", "summary.json is not valid JSON"),
+        ("summary.json", "[1]", "summary.json must hold a JSON dict, got list"),
+        ("metrics.jsonl", '{"step": 1}\n{"step": 2, "lo', "metrics.jsonl, line 2, is not valid JSON"),
+        ("baseline.json", '{"key": {}}', "baseline.json does not hold a base-model evaluation"),
+        ("baseline.json", "{", "baseline.json is not valid JSON"),
+    ],
+)
+def test_compare_names_a_corrupt_file_and_what_to_do_before_loading(tmp_path, tiny_model_dir, capsys, name, text,
+                                                                     message, no_model_loading):
+    """Issue 17, 5: these gave a traceback, or "Expecting value: line 1 column 1" without the file."""
+    out = tmp_path / "cmp"
+    (out / "clip-seed0").mkdir(parents=True)
+    if name == "metrics.jsonl":  # read back only for a finished run
+        (out / "clip-seed0" / "summary.json").write_text(finished_summary_text())
+    (out / name if name == "baseline.json" else out / "clip-seed0" / name).write_text(text)
+    assert compare.main(["--clip-methods", "clip", "--model", tiny_model_dir, "--output-dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and ("delete" in error) and "Traceback" not in error
+
+
+def test_resume_names_corrupt_metrics_and_skips_a_checkpoint_cut_short(tmp_path, tiny_model_dir, capsys,
+                                                                        no_model_loading):
+    from bandpo.training.run import last_checkpoint
+
+    out = tmp_path / "run"
+    for step in (2, 4):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (out / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')  # killed while saving
+    assert last_checkpoint(out).name == "checkpoint-2"
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"st')
+    assert train.main(["--model", tiny_model_dir, "--output-dir", str(out), "--resume"]) == 2
+    assert f"{out / 'metrics.jsonl'}, line 2, is not valid JSON" in capsys.readouterr().err
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    assert train.main(["--model", tiny_model_dir, "--output-dir", str(out), "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "no complete checkpoint-* folder" in error and "checkpoint-2, checkpoint-4 cut short" in error
+
+
+def test_resume_drops_the_stopped_attempts_end_of_training_record(tmp_path):
+    """Issue 17, 12: after Ctrl-C and --resume, the interrupted run's end-of-training record stayed."""
+    from bandpo.training.run import metrics_to_resume
+
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": 1, "loss": 0.1}, {"step": 2, "loss": 0.2}, {"step": 2, "train_runtime": 3.0},
+               {"step": 3, "loss": 0.3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert metrics_to_resume(path, 2) == records[:2]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_resume_skips_the_half_checkpoint(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    """Issue 17, 6: a raw traceback, then --resume picked the half-written checkpoint and crashed."""
+    import errno
+
+    from transformers import Trainer
+
+    def disk_full(self, model, trial):
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"\0" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "optimizer.pt"))
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", disk_full)
+    out = tmp_path / "run"
+    common = ["--preset", "fast", "--model", tiny_model_dir, "--output-dir", str(out)]
+    assert train.main(common + ["--steps", "1"]) == 1
+    error = capsys.readouterr().err
+    assert f"bandpo train: error: No space left on device ({out / 'checkpoint-1' / 'optimizer.pt'})" in error
+    assert "Traceback" not in error
+    assert train.main(common + ["--steps", "2", "--resume"]) == 2
+    assert "no complete checkpoint-* folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, status", [(2, 130), (15, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_whole_compare_and_no_table_holds_an_unfinished_run(tmp_path, tiny_model_dir, capsys,
+                                                                                monkeypatch, signum, status):
+    """Issue 17, 1: Ctrl-C during band's run went on to train clip and tabulated band's partial run."""
+    import bandpo.training.comparison as comparison
+    from bandpo.training.interrupts import Interrupted
+
+    trained = []
+
+    def interrupted_run(prepared, before=None):
+        trained.append(prepared.settings.output_dir.name)
+        raise Interrupted(signum)
+
+    monkeypatch.setattr(comparison, "base_evaluation", lambda *a: None)
+    monkeypatch.setattr(comparison, "execute_run", interrupted_run)
+    out = tmp_path / "cmp"
+    argv = ["--clip-methods", "band", "clip", "--model", tiny_model_dir, "--output-dir", str(out)]
+    assert compare.main(argv) == status
+    assert trained == ["band-seed0"]
+    assert not any((out / name).exists() for name in ("table.md", "table.json", "statistics.json"))
+    assert "not finished: band-seed0, clip-seed0" in capsys.readouterr().err
+
+
+def test_a_second_compare_on_the_same_folder_is_refused_naming_the_first(tmp_path, tiny_model_dir, capsys,
+                                                                          no_model_loading):
+    """Issue 17, 2: two compare processes on one folder interleaved (and deleted) each other's metrics."""
+    import signal
+    import socket
+
+    from test_files import hold_in_child
+
+    out = tmp_path / "cmp"
+    pid = hold_in_child(out)
+    try:
+        argv = ["--clip-methods", "clip", "--model", tiny_model_dir, "--output-dir", str(out)]
+        assert compare.main(argv) == 2
+        assert f"is in use by PID {pid} on {socket.gethostname()}, started " in capsys.readouterr().err
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

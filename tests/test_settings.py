@@ -174,3 +174,34 @@ def test_vllm_requested_but_not_installed(monkeypatch):
 
     with pytest.raises(ValueError, match="use_vllm: true needs vLLM"):
         run_settings.check_engines(Config())
+
+
+def test_migrated_summaries_name_no_machine_path_and_are_still_reused(tmp_path):
+    """Issue 18, 6: summaries recorded the absolute output_dir of the machine that ran them."""
+    import shutil
+
+    from bandpo.training.comparison import finished_summary
+    from bandpo.training.run import RUN_FOLDER, relative_summary_paths
+
+    committed = Path(__file__).parents[1] / "docs" / "compare-fast"
+    copy = tmp_path / "compare-fast"
+    for run in sorted(committed.glob("*-seed*")):
+        (copy / run.name).mkdir(parents=True)
+        for name in ("summary.json", "metrics.jsonl"):
+            shutil.copy(run / name, copy / run.name / name)
+    first = copy / "band-seed0" / "summary.json"
+    first.write_text(json.dumps({**json.loads(first.read_text()), "output_dir": "/work/main/docs/compare-fast/x"}))
+    rewritten = relative_summary_paths(copy)
+    assert first in rewritten
+    assert relative_summary_paths(copy) == []  # idempotent
+    for run in sorted(copy.glob("*-seed*")):
+        summary = json.loads((run / "summary.json").read_text())
+        original = json.loads((committed / run.name / "summary.json").read_text())
+        assert summary["output_dir"] == RUN_FOLDER and "/work/" not in json.dumps(summary)
+        assert {k: v for k, v in summary.items() if k != "output_dir"} == {
+            k: v for k, v in original.items() if k != "output_dir"
+        }
+        clip_method, seed = run.name.rsplit("-seed", 1)
+        settings = build_settings("fast", run_overrides={"model": "smollm2", "held_out_seed": 0}, trainer_overrides={
+            "bandpo_clip_method": clip_method, "seed": int(seed), "output_dir": str(run)})
+        assert finished_summary(settings) == summary  # still reused: the fingerprint did not change

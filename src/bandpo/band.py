@@ -57,6 +57,24 @@ def check_kernel(kernel: str) -> str:
     return kernel
 
 
+ACCEPTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes ``band`` computes bounds for (float8 has no arithmetic to solve with)."""
+
+
+def check_log_prob_tensor(old_log_probs: object) -> None:
+    """ValueError unless ``old_log_probs`` is a dense (strided) tensor with data (not on the meta device)
+    of one of ACCEPTED_DTYPES; the message names what is accepted."""
+    accepted = "a dense (strided) torch.Tensor of float16, bfloat16, float32 or float64 with data (not on 'meta')"
+    if not isinstance(old_log_probs, Tensor):
+        raise ValueError(f"old_log_probs must be {accepted}, got {type(old_log_probs).__name__}")
+    if old_log_probs.dtype not in ACCEPTED_DTYPES:
+        raise ValueError(f"old_log_probs must be {accepted}, got dtype {old_log_probs.dtype}")
+    if old_log_probs.layout != torch.strided:
+        raise ValueError(f"old_log_probs must be {accepted}, got layout {old_log_probs.layout}")
+    if old_log_probs.is_meta:
+        raise ValueError(f"old_log_probs must be {accepted}, got a tensor on the meta device")
+
+
 def _must_validate(tensor: Tensor) -> bool:
     # A data-dependent check cannot run inside a traced graph or a CUDA-graph capture.
     if torch.compiler.is_compiling():
@@ -169,11 +187,7 @@ def band(
         >>> [round(x, 5) for x in lower.tolist()], [round(x, 5) for x in upper.tolist()]
         ([0.12306, 0.57424, 0.79736], [3.16885, 1.42576, 1.09271])
     """
-    if not isinstance(old_log_probs, Tensor) or not old_log_probs.is_floating_point():
-        raise ValueError(
-            "old_log_probs must be a floating-point torch.Tensor, got "
-            f"{getattr(old_log_probs, 'dtype', type(old_log_probs).__name__)}"
-        )
+    check_log_prob_tensor(old_log_probs)
     delta = check_delta(delta)
     upper_max = check_upper_max(upper_max)
     kernel = check_kernel(kernel)

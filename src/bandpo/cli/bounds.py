@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -160,9 +161,32 @@ def configure_bounds(args: argparse.Namespace) -> argparse.Namespace:
     bad = [p for p in args.p if not (0 < p <= 1 and math.isfinite(p))]
     if bad:
         raise ValueError(f"--p values must lie in (0, 1], got {bad}")
-    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--plot needs matplotlib: pip install 'bandpo[plots]'")
+    if args.plot is not None:
+        args.plot = check_plot_path(args.plot)
     return args
+
+
+def check_plot_path(path: Path) -> Path:
+    """The file the figure goes to: ``path``, with ``.png`` added when it has no extension (as matplotlib
+    would), in a folder that exists or can be made. ValueError names --plot and what it accepts."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'bandpo[plots]'")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(f"--plot {path}: the extension must be one of {', '.join(sorted(formats))}")
+    if path.is_dir():
+        raise ValueError(f"--plot {path} is a folder; give a file name such as {path / 'bounds.png'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--plot {path}: cannot make the folder {path.parent}: {error.strerror or error}") from error
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--plot {path}: the folder {path.parent} is not writable")
+    return path
 
 
 def run_bounds(args: argparse.Namespace) -> int:

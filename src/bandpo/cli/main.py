@@ -3,11 +3,16 @@
 Each subcommand is a pair: ``configure(args)`` checks the flags and returns what to do, raising
 ValueError for a bad configuration, or ImportError for a missing or unsupported optional dependency
 (TRL), both reported here, once, with exit status 2; ``run(plan)`` does it.
+
+While ``run`` runs, SIGINT and SIGTERM stop the command with 128 + the signal (130, 143; see
+`bandpo.training.interrupts`), an error writing a file (a full disk) is reported in one line with
+status 1, and the output folders a plan locked are released at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -15,6 +20,8 @@ from bandpo.cli.bounds import add_bounds_arguments, configure_bounds, run_bounds
 from bandpo.cli.check import add_check_arguments, configure_check, run_check
 from bandpo.cli.compare import add_compare_arguments, configure_compare, run_compare
 from bandpo.cli.train import add_train_arguments, configure_train, run_train
+from bandpo.training.files import release_all_locks
+from bandpo.training.interrupts import Interrupted, stop_on_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +57,40 @@ def main(argv: list[str] | None = None) -> int:
         plan = args.configure(args)
     except (ValueError, ImportError) as error:
         print(f"bandpo {args.command}: error: {error}", file=sys.stderr)
+        release_all_locks()
         return 2
-    return args.run(plan)
+    return run_plan(args.command, args.run, plan)
+
+
+def stdout_flushes() -> bool:
+    """Whether standard output still takes what was printed (not a full disk, a closed pipe)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return False
+    return True
+
+
+def run_plan(command: str, run, plan) -> int:
+    """``run(plan)`` under the stop contract: its status; 130 / 143 for SIGINT / SIGTERM; 1, in one line,
+    for a file that cannot be written (a full disk, a closed stdout)."""
+    try:
+        with stop_on_signals():
+            status = run(plan)
+            sys.stdout.flush()
+        return status
+    except Interrupted as interrupted:
+        print(f"bandpo {command}: {interrupted}", file=sys.stderr, flush=True)
+        return interrupted.exit_status
+    except OSError as error:
+        if not stdout_flushes():
+            # Python flushes stdout again at exit, and would print a traceback: what is left goes nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = "" if error.filename is None else f" ({error.filename})"
+        print(f"bandpo {command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+    finally:
+        release_all_locks()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Settings are layered: the preset's recipe, then the YAML ``--config`` (any BandP
 GRPOConfig field, TRL style, plus ``model_name_or_path``, ``dataset_name``, ``dataset_train_split``,
 ``prompt_column``, ``answer_column``, ``eval_problems``, ``eval_samples``, ``held_out_seed``), then
 the command-line flags. Everything (types, ranges, output folder, model path, dataset and its
-columns) is checked before the model is loaded; a bad configuration exits with status 2.
+columns, a finished run already in the output folder) is checked before the model is loaded; a bad
+configuration exits with status 2. SIGINT / SIGTERM save a checkpoint at the end of the current step
+and exit with 130 / 143; ``--resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--eval-samples", type=int, help="k samples per held-out problem for pass@k (0: greedy only)")
     parser.add_argument("--seed", type=int, help="seed (default 42)")
     parser.add_argument("--output-dir", type=Path, help="where checkpoints, metrics and plots go")
-    parser.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output-dir")
+    resumption = parser.add_mutually_exclusive_group()
+    resumption.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output-dir")
+    resumption.add_argument("--overwrite", action="store_true",
+                            help="replace the run (finished or not) already in --output-dir")
     return parser
 
 
@@ -59,6 +64,7 @@ def configure_train(args: argparse.Namespace):
             "output_dir": None if args.output_dir is None else str(args.output_dir),
         },
         resume=args.resume,
+        overwrite=args.overwrite,
     )
     return prepare_run(settings)
 
@@ -79,30 +85,24 @@ def describe_rule(config) -> str:
 
 
 def format_summary(result, prepared) -> str:
-    """The one-screen summary printed at the end of ``bandpo train``."""
+    """The one-screen summary printed at the end of a finished ``bandpo train``."""
+    gain = 100 * (result.accuracy_after - result.accuracy_before)
     lines = [
         "=" * 72,
         f"bandpo train  model={prepared.settings.model}  clip_method={describe_rule(prepared.config)}  seed={result.seed}",
         f"steps {result.steps}   wall time {result.wall_seconds / 60:.1f} min",
+        f"held-out accuracy ({result.eval_count} problems, greedy): "
+        f"{result.accuracy_before:.1%} -> {result.accuracy_after:.1%}  ({gain:+.1f} points)",
     ]
-    if result.interrupted:
-        lines.append(f"INTERRUPTED: checkpoint saved; continue with --resume --output-dir {result.output_dir}")
-    else:
-        gain = 100 * (result.accuracy_after - result.accuracy_before)
+    if result.eval_samples:
         lines.append(
-            f"held-out accuracy ({result.eval_count} problems, greedy): "
-            f"{result.accuracy_before:.1%} -> {result.accuracy_after:.1%}  ({gain:+.1f} points)"
+            f"held-out pass@{result.eval_samples} (T = 1): {result.pass_at_k_before:.1%} -> {result.pass_at_k_after:.1%}"
         )
-        if result.eval_samples:
-            lines.append(
-                f"held-out pass@{result.eval_samples} (T = 1): "
-                f"{result.pass_at_k_before:.1%} -> {result.pass_at_k_after:.1%}"
-            )
     for metric, value in result.final_metrics.items():
         lines.append(f"  last-quarter mean {metric:<30} {value:.4f}")
     for prompt, completion, answer in result.examples_after:
         lines.append(f"  {prompt!r} -> {completion.strip()!r} (answer {answer})")
-    out = Path(result.output_dir)
+    out = prepared.settings.output_dir
     lines += [
         f"metrics {out / 'metrics.jsonl'}   tensorboard {out / 'runs'}",
         f"plot    {out / 'training.png'}   summary {out / 'summary.json'}",
@@ -112,13 +112,19 @@ def format_summary(result, prepared) -> str:
 
 
 def run_train(prepared) -> int:
-    """Trains the prepared run and prints its summary; 130 if interrupted."""
+    """Trains the prepared run and prints its summary; `Interrupted` (130 / 143) after saying how to resume."""
+    from bandpo.training.interrupts import Interrupted
     from bandpo.training.run import execute_run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = execute_run(prepared)
+    try:
+        result = execute_run(prepared)
+    except Interrupted:
+        print(f"bandpo train: interrupted; continue with --resume --output-dir {prepared.settings.output_dir} "
+              "(from its last checkpoint)", file=sys.stderr, flush=True)
+        raise
     print(format_summary(result, prepared))
-    return 130 if result.interrupted else 0
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

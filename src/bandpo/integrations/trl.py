@@ -160,6 +160,19 @@ class RatioBounds(NamedTuple):
     upper: Tensor
 
 
+def upper_max_from_text(value: object) -> object:
+    """``bandpo_upper_max`` as given on a command line: "None" / "none" is None, a number's text is that
+    number; anything else is left for the range check to refuse."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 @dataclass
 class BandPOConfig(GRPOConfig):
     r"""
@@ -198,14 +211,15 @@ class BandPOConfig(GRPOConfig):
         default=DEFAULT_DELTA,
         metadata={"help": "Radius of the band's trust region (> 0). GRPOConfig's `delta` is TRL's two-sided clip."},
     )
-    bandpo_upper_max: float | None = field(
+    bandpo_upper_max: float | str | None = field(
         default=DEFAULT_UPPER_MAX,
         metadata={"help": "Cap on the upper ratio bound of band, band-relax and dcpo (>= 1); None for no cap."},
-    )
+    )  # str: TRL's command-line parser passes "None" (or "10") as text; __post_init__ reads it
     bandpo_dcpo_eps_low: float = field(default=DCPO_EPS_LOW, metadata={"help": "DCPO's lower margin."})
     bandpo_dcpo_eps_high: float = field(default=DCPO_EPS_HIGH, metadata={"help": "DCPO's upper margin."})
 
     def __post_init__(self) -> None:
+        self.bandpo_upper_max = upper_max_from_text(self.bandpo_upper_max)
         check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
         if self.bandpo_clip_method in EPSILON_HIGH_DEFAULTS and self.epsilon_high is None:
             self.epsilon_high = EPSILON_HIGH_DEFAULTS[self.bandpo_clip_method]
@@ -241,22 +255,17 @@ class BandPOConfig(GRPOConfig):
         ValueError names the config field that is out of range.
         """
         clip_method = self.bandpo_clip_method
-        if clip_method.startswith("band"):
-            if self.bandpo_divergence not in DIVERGENCES:
-                raise ValueError(
-                    f"bandpo_divergence must be one of {', '.join(DIVERGENCES)}, got {self.bandpo_divergence!r}"
-                )
-            check_number("bandpo_delta", self.bandpo_delta, low=DELTA_RANGE[0], high=DELTA_RANGE[1])
-        if clip_method in PER_TOKEN_METHODS:
-            check_number("bandpo_upper_max", self.bandpo_upper_max, low=1.0, allow_none=True, allow_infinity=True)
-        if clip_method == "dcpo":
-            eps_low = check_number("bandpo_dcpo_eps_low", self.bandpo_dcpo_eps_low, low=0.0)
-            eps_high = check_number("bandpo_dcpo_eps_high", self.bandpo_dcpo_eps_high, low=0.0)
-        else:
-            eps_low, eps_high = self.fixed_margins()
-            if clip_method != "band":
-                check_eps_low("epsilon", eps_low)
-                check_number("epsilon_high", eps_high, low=0.0)
+        # Every field is range-checked, also those the chosen rule ignores: a typo there is still a typo.
+        if self.bandpo_divergence not in DIVERGENCES:
+            raise ValueError(f"bandpo_divergence must be one of {', '.join(DIVERGENCES)}, got {self.bandpo_divergence!r}")
+        check_number("bandpo_delta", self.bandpo_delta, low=DELTA_RANGE[0], high=DELTA_RANGE[1])
+        check_number("bandpo_upper_max", self.bandpo_upper_max, low=1.0, allow_none=True, allow_infinity=True)
+        dcpo_margins = (check_number("bandpo_dcpo_eps_low", self.bandpo_dcpo_eps_low, low=0.0),
+                        check_number("bandpo_dcpo_eps_high", self.bandpo_dcpo_eps_high, low=0.0))
+        fixed_margins = self.fixed_margins()
+        check_eps_low("epsilon", fixed_margins[0])
+        check_number("epsilon_high", fixed_margins[1], low=0.0)
+        eps_low, eps_high = dcpo_margins if clip_method == "dcpo" else fixed_margins
         return make_rule(
             clip_method,
             divergence=self.bandpo_divergence,

@@ -1,28 +1,35 @@
-"""Trainer callbacks for ``bandpo train``: JSONL metrics, a compact progress bar, clean Ctrl-C."""
+"""Trainer callbacks for ``bandpo train``: JSONL metrics written atomically, a compact progress bar, and
+the first SIGINT / SIGTERM deferred to the end of the step (`bandpo.training.interrupts`)."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from bandpo.training.files import write_jsonl_atomic
+from bandpo.training.interrupts import STOP_SIGNALS
+
 PROGRESS_METRICS = {"reward": "reward", "entropy": "entropy", "clip_ratio/region_mean": "clip"}
 
 
 class JsonlMetricsCallback(TrainerCallback):
-    """Appends every log record (with its step) as one JSON line to ``path`` (main process only)."""
+    """Every log record (with its step) as one JSON line of ``path`` (main process only).
 
-    def __init__(self, path: Path) -> None:
+    The file is rewritten atomically at each record, after ``records`` (those kept from an earlier
+    attempt): a reader, or a resume after ``kill -9``, never sees half a line.
+    """
+
+    def __init__(self, path: Path, records: list[dict] | None = None) -> None:
         self.path = Path(path)
+        self.records = list(records or [])
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as handle:
-                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            self.records.append({"step": state.global_step, **logs})
+            write_jsonl_atomic(self.path, self.records)
 
 
 class CompactProgressCallback(TrainerCallback):
@@ -52,19 +59,30 @@ class CompactProgressCallback(TrainerCallback):
 
 
 class GracefulInterruptCallback(TrainerCallback):
-    """The first Ctrl-C saves a checkpoint at the end of the current step and stops; a second one aborts."""
+    """The first SIGINT / SIGTERM during training saves a checkpoint at the end of the current step and
+    stops; a second one reaches the handlers that were there before training (abort)."""
 
     def __init__(self) -> None:
-        self.interrupted = False
-        self._previous_handler = None
+        self.signum: int | None = None
+        self._previous_handlers: dict[int, object] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def _handle(self, signum, frame) -> None:
-        self.interrupted = True
-        signal.signal(signal.SIGINT, self._previous_handler)
-        print("\nInterrupted: saving a checkpoint after this step (Ctrl-C again to abort).", flush=True)
+        self.signum = signum
+        self._restore_handlers()
+        name = signal.Signals(signum).name
+        print(f"\n{name}: saving a checkpoint after this step ({name} again to abort).", flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._previous_handler = signal.signal(signal.SIGINT, self._handle)
+        self._previous_handlers = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted:
@@ -73,5 +91,4 @@ class GracefulInterruptCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous_handler is not None and not self.interrupted:
-            signal.signal(signal.SIGINT, self._previous_handler)
+        self._restore_handlers()

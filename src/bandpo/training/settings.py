@@ -12,6 +12,7 @@ import difflib
 import enum
 import importlib.util
 import json
+import math
 import tempfile
 import types
 import typing
@@ -125,6 +126,7 @@ class RunSettings:
     eval_samples: int = 0
     held_out_seed: int | None = None
     resume: bool = False
+    overwrite: bool = False
     trainer_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -236,6 +238,7 @@ def build_settings(
     run_overrides: dict[str, Any] | None = None,
     trainer_overrides: dict[str, Any] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> RunSettings:
     """Preset < YAML ``config`` < overrides, merged and type-checked; unknown keys are errors.
 
@@ -247,7 +250,8 @@ def build_settings(
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
     run_types = typing.get_type_hints(RunSettings)
-    trainer_types = typing.get_type_hints(BandPOConfig)
+    # bandpo_upper_max also takes text, for TRL's command-line parser only: YAML and flags give None or a number
+    trainer_types = {**typing.get_type_hints(BandPOConfig), "bandpo_upper_max": float | None}
     run_values: dict[str, Any] = {}
     trainer_values = dict(COMMON_SETTINGS)
 
@@ -271,9 +275,17 @@ def build_settings(
         apply("--config", read_yaml_config(config), yaml_keys=True)
     apply("command line", {k: v for k, v in (run_overrides or {}).items() if v is not None}, yaml_keys=False)
     apply("command line", {k: v for k, v in (trainer_overrides or {}).items() if v is not None}, yaml_keys=False)
-    settings = RunSettings(**run_values, resume=resume, trainer_fields=trainer_values)
+    settings = RunSettings(**run_values, resume=resume, overwrite=overwrite, trainer_fields=trainer_values)
     check_ranges(settings)
     return settings
+
+
+SEED_RANGE = (0, 2**32 - 1)
+"""The seeds every generator the run seeds accepts (numpy's is the narrowest)."""
+AT_LEAST_ONE = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length")
+"""Trainer fields that train nothing, or fail after the model is loaded, below 1."""
+POSITIVE_FINITE = ("learning_rate", "temperature")
+"""Trainer fields that must be finite and > 0 (0 learns nothing, or divides the logits by 0)."""
 
 
 def check_ranges(settings: RunSettings) -> None:
@@ -285,6 +297,15 @@ def check_ranges(settings: RunSettings) -> None:
         raise ValueError(f"eval_samples (--eval-samples) must be >= 0, got {settings.eval_samples}")
     if not fields.get("max_steps", 1) >= 1:
         raise ValueError(f"max_steps (--steps) must be >= 1, got {fields['max_steps']}")
+    for name in AT_LEAST_ONE:
+        if name in fields and not fields[name] >= 1:
+            raise ValueError(f"{name} must be >= 1, got {fields[name]}")
+    for name in POSITIVE_FINITE:
+        if name in fields and not (math.isfinite(fields[name]) and fields[name] > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {fields[name]}")
+    for name, value in (("seed (--seed, --seeds)", fields.get("seed")), ("held_out_seed", settings.held_out_seed)):
+        if value is not None and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            raise ValueError(f"{name} must be in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {value}")
 
 
 def check_output_dir(path: Path) -> None:
@@ -300,7 +321,17 @@ def check_output_dir(path: Path) -> None:
 
 
 def check_engines(config) -> None:
-    """ValueError when the config asks for an engine that is not installed."""
+    """ValueError when the config asks for an engine or a tracker (``report_to``) that is not installed."""
+    from transformers.integrations import get_available_reporting_integrations
+
     if getattr(config, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
         raise ValueError("use_vllm: true needs vLLM, which is not installed (pip install vllm), or set use_vllm: false")
+    requested = config.report_to if isinstance(config.report_to, list) else [config.report_to]
+    available = get_available_reporting_integrations()
+    missing = [name for name in requested if name not in ("none", "all", None) and name not in available]
+    if missing:
+        raise ValueError(
+            f"report_to: {', '.join(missing)} not installed; installed trackers: {', '.join(available) or 'none'} "
+            "(install it, or leave it out of report_to)"
+        )
 

@@ -1,0 +1,170 @@
+"""Crash consistency of ``bandpo compare`` (issue 17): killed with ``kill -9`` at 10 moments spread over
+its life, or stopped with SIGINT, and resumed each time by the same command, a comparison ends with the
+table of an uninterrupted one (wall times aside), and at every moment every file it reads back is
+whole: no half line, no duplicate or missing step.
+
+The comparison (2 rules x 2 seeds x 2 steps on the tiny model) runs in forked children of the test
+process, so that the libraries are imported once; each child computes on one thread, which keeps it
+deterministic and safe after ``fork``. The moments are events of the comparison's life (its lock
+taken, the baseline written, a run's first metrics line, a summary, ...), detected by polling its
+files: each attempt is killed just after the next event, so every phase is hit at least once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from tiny_models import save_tiny_model  # noqa: E402
+
+import bandpo.training.comparison  # noqa: E402, F401  (imported before forking: children import nothing)
+from bandpo.cli.main import main  # noqa: E402
+from bandpo.training.files import read_json, read_jsonl  # noqa: E402
+from bandpo.training.run import END_OF_TRAINING_KEY  # noqa: E402
+
+RUNS = ("band-seed0", "clip-seed0", "band-seed1", "clip-seed1")
+STEPS = 2
+TIMEOUT_SECONDS = 300
+
+
+def metrics_count(run: str, at_least: int) -> Callable[[Path], bool]:
+    def reached(out: Path) -> bool:
+        path = out / run / "metrics.jsonl"
+        return path.is_file() and len(path.read_text().splitlines()) >= at_least
+    return reached
+
+
+def exists(name: str) -> Callable[[Path], bool]:
+    return lambda out: (out / name).is_file() and (out / name).stat().st_size > 0
+
+
+KILL_MOMENTS = (
+    exists(".bandpo.lock"),  # planning
+    exists("baseline.json"),  # the base model evaluated
+    metrics_count("band-seed0", 1),  # inside a run's training
+    exists("band-seed0/summary.json"),  # between two runs
+    metrics_count("clip-seed0", 2),  # at the last step
+    exists("clip-seed0/training.png"),  # after training, before the summary
+    metrics_count("band-seed1", 1),
+    exists("band-seed1/summary.json"),
+    metrics_count("clip-seed1", STEPS + 1),  # the end-of-training record, during the final evaluation
+    exists("table.md"),  # between the tables
+)
+SIGINT_MOMENTS = (metrics_count("band-seed0", 1), exists("clip-seed0/summary.json"), metrics_count("clip-seed1", 1))
+
+
+@pytest.fixture(scope="module")
+def argv(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("crash")
+    (folder / "small.yaml").write_text("eval_problems: 4\n")
+    model = save_tiny_model(folder / "tiny")
+    return ["compare", "--preset", "fast", "--clip-methods", "band", "clip", "--seeds", "0", "1",
+            "--steps", str(STEPS), "--model", str(model), "--config", str(folder / "small.yaml")]
+
+
+def start(argv: list[str], out: Path) -> int:
+    """Fork a child running ``bandpo compare ... --output-dir out`` (its output in out/../<name>.log)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(out.parent / f"{out.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - pytest's capture is not the child's
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            status = main([*argv, "--output-dir", str(out)])
+            sys.stdout.flush()
+        finally:
+            os._exit(status)
+    os.close(log)
+    return pid
+
+
+def wait(pid: int, until: Callable[[Path], bool] | None = None, out: Path | None = None,
+         send: int = signal.SIGKILL) -> int:
+    """The child's exit status; with ``until``, ``send`` is sent to it as soon as ``until(out)`` holds."""
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    sent = False
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if until is not None and not sent and until(out):
+            os.kill(pid, send)
+            sent = True
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"bandpo compare ran over {TIMEOUT_SECONDS} s")
+
+
+def check_files_whole(out: Path) -> None:
+    """Every file the runner reads back parses; every metrics file holds steps 1..n once each, then at most
+    one end-of-training record."""
+    for name in ("baseline.json", "table.json", "statistics.json"):
+        if (out / name).is_file():
+            read_json(out / name, "", expected=list if name == "table.json" else dict)
+    for run in RUNS:
+        if (out / run / "summary.json").is_file():
+            read_json(out / run / "summary.json", "")
+        records = read_jsonl(out / run / "metrics.jsonl", "")
+        steps = [record["step"] for record in records if END_OF_TRAINING_KEY not in record]
+        assert steps == list(range(1, len(steps) + 1)), f"{run}: steps {steps}"
+        ends = [i for i, record in enumerate(records) if END_OF_TRAINING_KEY in record]
+        assert ends in ([], [len(records) - 1]), f"{run}: end-of-training records at {ends}"
+
+
+def table_without_wall_times(out: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in json.loads((out / "table.json").read_text())]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(argv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "cmp"
+    assert wait(start(argv, out)) == 0, (out.parent / "cmp.log").read_text()
+    return out
+
+
+def test_killed_at_ten_moments_and_resumed_it_ends_with_the_uninterrupted_table(argv, uninterrupted, tmp_path):
+    out = tmp_path / "cmp"
+    for moment in KILL_MOMENTS:
+        status = wait(start(argv, out), until=moment, out=out)
+        assert status in (-signal.SIGKILL, 0)
+        check_files_whole(out)
+        if status == 0:  # finished before the moment: nothing left to interrupt
+            break
+    assert wait(start(argv, out)) == 0, (tmp_path / "cmp.log").read_text()
+    check_files_whole(out)
+    assert table_without_wall_times(out) == table_without_wall_times(uninterrupted)
+    for run in RUNS:
+        steps = [r["step"] for r in read_jsonl(out / run / "metrics.jsonl", "") if END_OF_TRAINING_KEY not in r]
+        assert steps == list(range(1, STEPS + 1))
+
+
+def test_stopped_with_sigint_and_resumed_it_ends_with_the_uninterrupted_table(argv, uninterrupted, tmp_path):
+    out = tmp_path / "cmp"
+    for moment in SIGINT_MOMENTS:
+        assert wait(start(argv, out), until=moment, out=out, send=signal.SIGINT) == 130
+        check_files_whole(out)
+        assert not (out / "table.json").exists()  # never a table with an unfinished run
+    log = (tmp_path / "cmp.log").read_text()
+    assert "not finished: band-seed0, clip-seed0, band-seed1, clip-seed1" in log
+    assert wait(start(argv, out)) == 0, (tmp_path / "cmp.log").read_text()
+    check_files_whole(out)
+    assert table_without_wall_times(out) == table_without_wall_times(uninterrupted)
