@@ -231,8 +231,8 @@ class BandPOPolicyLoss(nn.Module):
         policy_loss_type: must be ``"ppo"``.
         is_correction_level, is_correction_mode, is_correction_gating, is_correction_threshold:
             OpenRLHF's train/rollout correction (`rollout_correction`); off by default.
-        bandpo_clip_method: one of `bandpo.rules.CLIP_METHODS` (band | band-relax | clip |
-            clip-higher | dcpo).
+        bandpo_clip_method: one of `bandpo.rules.CLIP_METHODS` (band | band-relax | band-upper |
+            band-lower | clip | clip-higher | dcpo).
         bandpo_divergence, bandpo_delta, bandpo_upper_max: the Band rule (published: kl, 0.05, 10);
             ``bandpo_upper_max`` also caps DCPO.
     """

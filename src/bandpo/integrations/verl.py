@@ -8,6 +8,8 @@ bound rule is the field ``bandpo_clip_method`` of `BandPOPolicyLossConfig`:
     clip          PPO/GRPO fixed interval [1 - clip_ratio_low, 1 + clip_ratio_high]
     clip-higher   the same rule (set clip_ratio_high = 0.28 for DAPO's Clip-Higher)
     dcpo          DCPO's adaptive interval from clip_ratio_low / clip_ratio_high
+    band-upper    the band's upper bound over the floor 1 - clip_ratio_low
+    band-lower    the band's lower bound under the ceiling 1 + clip_ratio_high
 
 Every rule takes verl's dual clip ``actor.clip_ratio_c``, its ``loss_agg_mode`` (aggregated by verl's own
 ``agg_loss`` with ``actor.global_batch_info``, so the loss does not depend on data-parallel sharding or
@@ -79,7 +81,8 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
 
     Args:
         bandpo_clip_method: the bound rule, one of `bandpo.rules.CLIP_METHODS` (band | band-relax |
-            clip | clip-higher | dcpo); the fixed margins come from ``actor.clip_ratio_low/high``.
+            band-upper | band-lower | clip | clip-higher | dcpo); the fixed margins come from
+            ``actor.clip_ratio_low/high``.
         bandpo_divergence: the f-divergence of the trust region (kl | tv | chi2 | reverse_kl | hellinger).
         bandpo_delta: its radius.
         bandpo_upper_max: cap on the upper ratio bound (also DCPO's cap); null for none.
