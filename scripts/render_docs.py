@@ -433,6 +433,65 @@ def delta_guide(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPRODUCED_FIELDS = ["accuracy_after", "pass_at_8_after", "mean_at_8_after", "entropy_last_quarter"]
+
+
+def _step_records(path: Path) -> list[dict]:
+    """The per-step training records of a metrics.jsonl (the end-of-training record and timings dropped)."""
+    from bandpo.training.statistics import step_records
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k not in ("step_time",)} for r in step_records(records)]
+
+
+def first_difference(original: list[dict], rerun: list[dict]) -> str:
+    """Where two runs' per-step records first differ on a metric both logged ("none" if nowhere). The
+    mean bounds (``bounds/*``), which the operator's kernel computes to rounding, are reported apart:
+    their largest relative difference."""
+    first, bounds_gap = "none", 0.0
+    for before, after in zip(original, rerun, strict=False):
+        shared = sorted(set(before) & set(after))
+        for key in shared:
+            if key.startswith("bounds/"):
+                bounds_gap = max(bounds_gap, abs(before[key] - after[key]) / max(abs(before[key]), 1e-300))
+        differing = [key for key in shared if not key.startswith("bounds/") and before[key] != after[key]]
+        if differing and first == "none":
+            first = f"step {before['step']} ({differing[0]})"
+    if first == "none" and len(original) != len(rerun):
+        first = f"step count ({len(original)} vs {len(rerun)})"
+    return f"{first}; bounds means within {bounds_gap:.1e} relative"
+
+
+@artifact("study-reproduction.md")
+def study_reproduction(root: Path) -> str:
+    """Each re-run (docs/study-rerun) against its committed run: the outcomes, and the first step whose
+    logged metrics differ (bit for bit, on the metrics both logged)."""
+    rerun_rows = json.loads((root / "docs" / "study-rerun" / "table.json").read_text())
+    original = {(row["method"], row["seed"]): row for row in json.loads((root / "docs" / "study" / "table.json").read_text())}
+    from bandpo.training.statistics import FIELD_FORMATS, format_field
+
+    labels = [FIELD_FORMATS[field][0] for field in REPRODUCED_FIELDS]
+    lines = ["| run | " + " | ".join(f"{label}: committed → re-run" for label in labels) + " | first differing step |",
+             "|---|" + "---|" * (len(labels) + 1)]
+    for row in rerun_rows:
+        name = f"{row['method']}-seed{row['seed']}"
+        before = original[row["method"], row["seed"]]
+        cells = [f"{format_field(field, before[field])} → {format_field(field, row[field])}" for field in REPRODUCED_FIELDS]
+        difference = first_difference(_step_records(root / "docs" / "study" / name / "metrics.jsonl"),
+                                      _step_records(root / "docs" / "study-rerun" / name / "metrics.jsonl"))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {difference} |")
+    return "\n".join(lines) + "\n"
+
+
+@artifact("study-rerun-mechanism.md")
+def study_rerun_mechanism(root: Path) -> str:
+    """The mechanism metrics of band and clip-higher from their re-runs (the committed runs predate them)."""
+    from bandpo.training.statistics import format_summary_columns
+
+    per_method = study_statistics(root, "study-rerun")["per_method"]
+    return format_summary_columns(per_method, ["band", "clip-higher"], MECHANISM) + "\n"
+
+
 @artifact("rule-table.md")
 def rule_table(root: Path) -> str:
     """The loss page's table of rules, from the one table of rules (`bandpo.rules.CLIP_METHOD_TABLE`)."""

@@ -162,7 +162,7 @@ def format_differences_table(differences: list[dict]) -> str:
     """Markdown: paired differences per seed with the mean and its 95% t interval."""
     lines = ["| difference | field | per seed | mean | 95% t interval |", "|---|---|---|---|---|"]
     for diff in differences:
-        per_seed = ", ".join(f"s{seed}: {value:+.3f}" for seed, value in zip(diff["seeds"], diff["per_seed"]))
+        per_seed = ", ".join(f"s{seed}: {value:+.3f}" for seed, value in zip(diff["seeds"], diff["per_seed"], strict=True))
         low, high = diff["ci95"]
         interval = "-" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
         lines.append(f"| {diff['method']} − {diff['baseline']} | {diff['field']} | {per_seed} | {diff['mean']:+.3f} | {interval} |")
@@ -186,7 +186,8 @@ FIELD_FORMATS: dict[str, tuple[str, float, int]] = {
 """How the docs show a row field: (column label, scale, decimals); percentages are shown as points."""
 
 
-def _scaled(field: str, value: float, sign: bool = False) -> str:
+def format_field(field: str, value: float, sign: bool = False) -> str:
+    """``value`` of row field ``field`` in its display units and decimals (`FIELD_FORMATS`)."""
     _, scale, digits = FIELD_FORMATS[field]
     return f"{value * scale:{'+' if sign else ''}.{digits}f}"
 
@@ -199,7 +200,7 @@ def format_summary_columns(per_method: dict[str, dict[str, dict]], methods: list
              "|---|" + "---|" * len(fields)]
     for method in methods:
         stats = per_method.get(method, {})
-        cells = [f"{_scaled(f, stats[f]['mean'])} ± {_scaled(f, stats[f]['sd'])}" + (
+        cells = [f"{format_field(f, stats[f]['mean'])} ± {format_field(f, stats[f]['sd'])}" + (
             f" (n={stats[f]['n']})" if stats[f]["n"] != most else "") if f in stats else "–" for f in fields]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -220,8 +221,8 @@ def format_paired_columns(differences: list[dict], pairs: list[tuple[str, str]],
                 continue
             seeds.update(diff["seeds"])
             low, high = diff["ci95"]
-            interval = "" if math.isnan(low) else f" [{_scaled(field, low, True)}, {_scaled(field, high, True)}]"
-            cells.append(_scaled(field, diff["mean"], True) + interval)
+            interval = "" if math.isnan(low) else f" [{format_field(field, low, True)}, {format_field(field, high, True)}]"
+            cells.append(format_field(field, diff["mean"], True) + interval)
         label = f"{method} − {baseline} ({len(seeds)})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
