@@ -492,6 +492,21 @@ def study_rerun_mechanism(root: Path) -> str:
     return format_summary_columns(per_method, ["band", "clip-higher"], MECHANISM) + "\n"
 
 
+@artifact("fast-demo.md")
+def fast_demo(root: Path) -> str:
+    """The fast demo's one row per rule (docs/compare-fast/table.json)."""
+    rows = json.loads((root / "docs" / "compare-fast" / "table.json").read_text())
+    before = {row["accuracy_before"] for row in rows}
+    if len(before) != 1:
+        raise ValueError("docs/compare-fast: the runs do not share one held-out evaluation")
+    lines = [f"| method | clip rate, off-policy updates | low-p clip-high share | greedy accuracy "
+             f"{next(iter(before)):.1%} → | wall |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['clip_rate_off_policy']:.1%} | {row['low_p_high_share']:.3g} | "
+                     f"{row['accuracy_after']:.1%} | {row['wall_seconds']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
 @artifact("rule-table.md")
 def rule_table(root: Path) -> str:
     """The loss page's table of rules, from the one table of rules (`bandpo.rules.CLIP_METHOD_TABLE`)."""
