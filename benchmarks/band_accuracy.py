@@ -49,7 +49,7 @@ def main() -> None:
             continue
         lower, upper = bandpo.band(x, delta, name, kernel=kernel)
         worst = 0.0
-        for value_lower, value_upper, exact_x in zip(lower.tolist(), upper.tolist(), x.double().tolist()):
+        for value_lower, value_upper, exact_x in zip(lower.tolist(), upper.tolist(), x.double().tolist(), strict=True):
             exact_lower, exact_upper = reference_bounds(name, exact_x, delta)
             for value, exact in ((value_lower, exact_lower), (value_upper, exact_upper)):
                 error = abs(mpmath.mpf(value) - exact) / max(abs(exact), mpmath.mpf(floor / target))

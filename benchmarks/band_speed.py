@@ -72,7 +72,7 @@ def median_seconds(methods: dict, device: str, calls: int, sweeps: int = 3) -> d
 
 def max_relative_error(bounds, reference, floor: float) -> float:
     worst = 0.0
-    for value, exact in zip(bounds, reference):
+    for value, exact in zip(bounds, reference, strict=True):
         value, exact = value.double(), exact.double()
         finite = torch.isfinite(exact)
         error = (value[finite] - exact[finite]).abs() / exact[finite].abs().clamp_min(floor / 2e-5)
@@ -107,10 +107,10 @@ def main() -> None:
     for n in [int(size) for size in args.sizes]:
         x = sample_old_log_probs(n, args.device, dtype)
         reference = {name: bandpo.band(x.double(), DELTA, name, kernel="eager") for name in names}
-        methods = {"exp+clamp (clip)": lambda: torch.exp(x).clamp_(0.8, 1.28)}
+        methods = {"exp+clamp (clip)": lambda x=x: torch.exp(x).clamp_(0.8, 1.28)}
         errors, kernels = {}, {}  # kernels: method -> (divergence, kernel)
         if n <= args.baseline_max_n:
-            methods["kl bisection (published)"] = lambda: bisection_kl_bounds(x, DELTA)
+            methods["kl bisection (published)"] = functools.partial(bisection_kl_bounds, x, DELTA)
             errors["kl bisection (published)"] = max_relative_error(bisection_kl_bounds(x, DELTA), reference["kl"], FLOORS[dtype])
         for name in names:
             for kernel in ("eager", "fused", "native"):

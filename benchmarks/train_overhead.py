@@ -68,7 +68,7 @@ def main() -> None:
     advantages = torch.randn(args.batch)
     rules = {"FixedClip(0.2, 0.28)": bandpo.FixedClip(0.2, 0.28), 'Band("kl", 0.05)': bandpo.Band("kl", 0.05)}
     times = {name: [] for name in rules}
-    for name, rule in rules.items():  # warm-up
+    for rule in rules.values():  # warm-up
         step(model, input_ids, attention_mask, completion_tokens, old_log_probs, advantages, rule)
     for _ in range(args.repeats):
         for name, rule in rules.items():

@@ -55,7 +55,7 @@ def main() -> None:
                     continue  # the generic solver's fused kernel: one dtype is enough here
                 got = bandpo.band(x.cuda(), 0.05, name, kernel=kernel)
                 assert got[0].dtype == dtype and got[0].is_cuda
-                errors = [relative_error(g, e, FLOORS[dtype], TOLERANCES[dtype]) for g, e in zip(got, exact)]
+                errors = [relative_error(g, e, FLOORS[dtype], TOLERANCES[dtype]) for g, e in zip(got, exact, strict=True)]
                 ok = max(errors) <= TOLERANCES[dtype]
                 failures += not ok
                 print(f"{name:<11} {str(dtype):<15} {kernel}  max rel err "
@@ -74,7 +74,7 @@ def main() -> None:
         static.copy_(-torch.rand(1 << 16, device="cuda") * 20)
         graph.replay()
         eager = bandpo.band(static, 0.05, name, kernel="eager")
-        same = all(torch.equal(c, e) for c, e in zip(captured, eager))
+        same = all(torch.equal(c, e) for c, e in zip(captured, eager, strict=True))
         failures += not same
         print(f"cuda graph capture + replay, {name:<11}: {'identical to eager' if same else 'DIFFERENT'}")
     # 3. validation on CUDA

@@ -7,8 +7,8 @@ within 1e-50 (or far closer) of 1.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 import mpmath
 
@@ -45,7 +45,7 @@ def two_point_divergence(name: str, p: mpmath.mpf, q: mpmath.mpf) -> mpmath.mpf:
     raise KeyError(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def reference_bounds(
     name: str | TwoPoint, log_p: float, delta: float
 ) -> tuple[mpmath.mpf, mpmath.mpf]:

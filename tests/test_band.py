@@ -8,6 +8,7 @@ checking and graph safety.
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 
 import mpmath
@@ -15,9 +16,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mp_reference import two_point_divergence
 
 from bandpo import DIVERGENCES, Band, Divergence, band
-from mp_reference import two_point_divergence
 
 NAMES = ("kl", "tv", "chi2", "reverse_kl", "hellinger")
 ALL_FLOATS = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -71,7 +72,7 @@ def test_band_widens_with_delta(name):
     log_p = torch.log(p)
     deltas = (1e-6, 1e-4, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0, 30.0, 1e3)
     bounds = [band(log_p, delta, name) for delta in deltas]
-    for (narrow_lower, narrow_upper), (wide_lower, wide_upper) in zip(bounds, bounds[1:]):
+    for (narrow_lower, narrow_upper), (wide_lower, wide_upper) in itertools.pairwise(bounds):
         assert torch.all(wide_lower <= narrow_lower)
         assert torch.all(wide_upper >= narrow_upper)
 
@@ -153,7 +154,7 @@ def test_output_dtype_is_the_input_dtype(name, dtype):
 def test_half_precision_input_is_computed_in_float32(name, dtype):
     """Band(x) for a 16-bit x equals Band(x as float32) rounded to the 16-bit dtype."""
     x = torch.tensor(LOG_P).to(dtype)
-    for got, expected in zip(band(x, 0.05, name), band(x.float(), 0.05, name)):
+    for got, expected in zip(band(x, 0.05, name), band(x.float(), 0.05, name), strict=True):
         assert torch.equal(got, expected.to(dtype))
 
 
@@ -337,7 +338,7 @@ def test_fused_kernels_give_the_eager_bounds(name):
     for delta in (1e-6, 0.05, 0.3, 1e3):
         fused = band(x, delta, name, kernel="fused")
         eager = band(x, delta, name, kernel="eager")
-        for got, expected in zip(fused, eager):
+        for got, expected in zip(fused, eager, strict=True):
             torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
 
 
@@ -350,7 +351,7 @@ def test_fused_kernels_give_the_eager_bounds_for_subnormal_p(name):
     for delta in (1e-6, 1e-4, 1e-3, 0.05):
         fused = band(x, delta, name, kernel="fused")
         eager = band(x, delta, name, kernel="eager")
-        for got, expected in zip(fused, eager):
+        for got, expected in zip(fused, eager, strict=True):
             assert not torch.isnan(got).any(), f"delta={delta}: {int(torch.isnan(got).sum())} NaN"
             torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
 

@@ -45,7 +45,7 @@ def assert_bounds_equal_the_float64_eager_ones(x: torch.Tensor, delta: float, na
         for instruction_set in cpu_kernels.instruction_sets()
     ]
     for bounds in [native, *variants]:
-        for got, reference in zip(bounds, exact):
+        for got, reference in zip(bounds, exact, strict=True):
             assert got.dtype == torch.float32 and got.shape == x.shape
             torch.testing.assert_close(got.double(), reference.float().double(), rtol=2e-5, atol=1e-6)
 
@@ -118,7 +118,7 @@ def test_half_precision_input_goes_through_float32(dtype):
     for name in NATIVE:
         native = band(x, 0.05, name, kernel="native")
         eager = band(x, 0.05, name, kernel="eager")
-        for got, expected in zip(native, eager):
+        for got, expected in zip(native, eager, strict=True):
             assert got.dtype == dtype
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -137,7 +137,7 @@ def test_the_widest_instruction_set_the_cpu_runs_is_the_default():
     for name in NATIVE:
         default = band(x, 0.05, name, kernel="native")
         widest = cpu_kernels.ratio_bounds(x, 0.05, DIVERGENCES[name], None, sets[0])
-        assert all(torch.equal(a, b) for a, b in zip(default, widest))
+        assert all(torch.equal(a, b) for a, b in zip(default, widest, strict=True))
 
 
 def test_an_instruction_set_the_build_or_cpu_lacks_is_refused():

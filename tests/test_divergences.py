@@ -17,11 +17,11 @@ import mpmath
 import numpy as np
 import pytest
 import torch
+from mp_reference import reference_bounds, two_point_divergence
 
 import bandpo
 from bandpo import DIVERGENCES, Divergence, band
 from bandpo.divergences import reverse_kl_shrink
-from mp_reference import reference_bounds, two_point_divergence
 
 NAMES = ("kl", "tv", "chi2", "reverse_kl", "hellinger")
 ALL_FLOATS = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -48,7 +48,7 @@ DELTAS = (1e-6, 1e-4, 0.01, 0.05, 0.5, 10.0, 1e3)
 def assert_close_to_reference(got, reference, rtol, atol, label):
     """|got - ref| <= max(rtol |ref|, atol) for each pair, listing the worst offenders."""
     failures = []
-    for i, (value, ref) in enumerate(zip(got, reference)):
+    for i, (value, ref) in enumerate(zip(got, reference, strict=True)):
         error = abs(mpmath.mpf(value) - ref)
         tolerance = max(rtol * abs(ref), atol)
         if not error <= tolerance:
@@ -173,9 +173,9 @@ def test_reverse_kl_solver_agrees_with_the_generic_solver(dtype, rtol, atol):
     for delta in DELTAS:
         for generic, log_p in ((GENERIC_REVERSE_KL, edges), (USER_REVERSE_KL, grid)):
             expected = band(log_p, delta, generic)
-            for got, want, side in zip(band(log_p, delta, "reverse_kl"), expected, ("lower", "upper")):
+            for got, want, side in zip(band(log_p, delta, "reverse_kl"), expected, ("lower", "upper"), strict=True):
                 torch.testing.assert_close(
-                    got, want, rtol=rtol, atol=atol, msg=lambda m: f"{generic.name}, delta={delta}, {side}: {m}"
+                    got, want, rtol=rtol, atol=atol, msg=lambda m, where=f"{generic.name}, delta={delta}, {side}": f"{where}: {m}"
                 )
 
 
@@ -253,7 +253,7 @@ def test_two_point_divergence_is_the_bernoulli_f_divergence(name):
     p = torch.tensor([0.01, 0.2, 0.5, 0.9], dtype=torch.float64)
     ratio = torch.tensor([0.5, 1.7, 1.3, 1.05], dtype=torch.float64)
     got = DIVERGENCES[name].two_point(p, ratio)
-    for pi, ri, gi in zip(p.tolist(), ratio.tolist(), got.tolist()):
+    for pi, ri, gi in zip(p.tolist(), ratio.tolist(), got.tolist(), strict=True):
         exact = two_point_divergence(name, mpmath.mpf(pi), mpmath.mpf(pi) * ri)
         assert gi == pytest.approx(float(exact), rel=1e-12)
     assert torch.all(DIVERGENCES[name].two_point(p, torch.ones_like(p)).abs() <= 1e-15)
@@ -319,7 +319,7 @@ def test_upper_is_one_over_p_exactly_when_g_at_one_over_p_is_within_delta(name, 
     """upper = 1/p  <=>  g_f(p, 1/p) <= delta; otherwise upper < 1/p (kl: never saturates)."""
     p = saturation_grid(name, delta)
     _, upper = band(torch.tensor(np.log(p), dtype=torch.float64), delta, name)
-    for pi, ui in zip(p.tolist(), upper.tolist()):
+    for pi, ui in zip(p.tolist(), upper.tolist(), strict=True):
         exact_inverse = 1 / mpmath.exp(mpmath.mpf(math.log(pi)))
         relative_gap = float(1 - ui / exact_inverse)
         if UPPER_SATURATES[name](pi, delta):
@@ -334,7 +334,7 @@ def test_lower_is_zero_exactly_when_g_at_zero_is_within_delta(name, delta):
     """lower = 0  <=>  g_f(p, 0) <= delta; otherwise lower > 0 (kl: never saturates)."""
     p = saturation_grid(name, delta)
     lower, _ = band(torch.tensor(np.log(p), dtype=torch.float64), delta, name)
-    for pi, li in zip(p.tolist(), lower.tolist()):
+    for pi, li in zip(p.tolist(), lower.tolist(), strict=True):
         if LOWER_SATURATES[name](pi, delta):
             assert li == 0.0, f"p={pi}: lower {li} should be exactly 0"
         else:
@@ -430,7 +430,7 @@ def test_bounds_match_the_reference_at_the_edges_of_the_float_range(name, dtype,
     for delta in (1e-6, 0.05, 0.5, 1e3):
         log_p = torch.tensor(EDGES[dtype], dtype=dtype)
         lower, upper = band(log_p, delta, name, kernel=kernel)
-        for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist()):
+        for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist(), strict=True):
             ref_lower, ref_upper = reference_bounds(name, x, delta)
             where = f"delta={delta}, log p={x!r}"
             if not abs(lo - ref_lower) <= max(rtol * ref_lower, atol):
@@ -509,7 +509,7 @@ def test_generators_keep_their_precision_next_to_one(name):
     small delta rests on it)."""
     u = torch.tensor([1 - 1e-6, 1 + 1e-6], dtype=torch.float64)
     got = DIVERGENCES[name].generator(u)
-    for ui, fi in zip(u.tolist(), got.tolist()):
+    for ui, fi in zip(u.tolist(), got.tolist(), strict=True):
         x = mpmath.mpf(ui)
         exact = {
             "kl": -mpmath.log(x) + x - 1,
@@ -531,7 +531,7 @@ def test_generic_solver_at_the_edges_of_the_float32_range(delta):
     (1 - a s) / b overflows float32 inside the generic solver, which still gives kl's bounds, e.g.
     (exp(-delta), 1) as p -> 1."""
     x = torch.tensor(EDGES[torch.float32] + [-3.0, -0.01])
-    for got, expected in zip(band(x, delta, USER_KL), band(x, delta, "kl")):
+    for got, expected in zip(band(x, delta, USER_KL), band(x, delta, "kl"), strict=True):
         torch.testing.assert_close(got, expected, rtol=2e-5, atol=1e-6)
     lower, upper = band(torch.tensor([-1e-40]), delta, USER_KL)
     assert lower.item() == pytest.approx(math.exp(-delta), rel=2e-5, abs=1e-6) and upper.item() == 1.0

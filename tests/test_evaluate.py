@@ -32,10 +32,10 @@ class ScriptedGeneration:
 
 def test_pass_at_k_counts_problems_with_any_correct_sample_and_mean_at_k_all_correct_samples(monkeypatch):
     questions = [p["prompt"][0]["content"] for p in PROBLEMS]
-    greedy = {q: p["answer"] if i < 2 else "7" for i, (q, p) in enumerate(zip(questions, PROBLEMS))}
+    greedy = {q: p["answer"] if i < 2 else "7" for i, (q, p) in enumerate(zip(questions, PROBLEMS, strict=True))}
     correct_counts = [4, 0, 1, 0, 2]  # of 4 samples each
     sampled = {
-        q: [p["answer"]] * c + ["nope"] * (4 - c) for q, p, c in zip(questions, PROBLEMS, correct_counts)
+        q: [p["answer"]] * c + ["nope"] * (4 - c) for q, p, c in zip(questions, PROBLEMS, correct_counts, strict=True)
     }
     scripted = ScriptedGeneration(greedy, sampled)
     monkeypatch.setattr(evaluation, "_completions", scripted)

@@ -104,7 +104,7 @@ CASES = [
 
 
 def cases_batch():
-    p, r, a = zip(*CASES)
+    p, r, a = zip(*CASES, strict=True)
     new, old = batch([p], [r])
     return new, old, torch.tensor([a], dtype=torch.float64), torch.ones(1, len(CASES), dtype=torch.float64)
 

@@ -282,7 +282,7 @@ def test_relaxed_band_is_capped_at_upper_max_last():
 
 def test_relax_none_is_the_band():
     x = log_p(0.01, 0.5, 0.99)
-    for got, expected in zip(Band(relax=None).bounds(x), band(x, 0.05, "kl", upper_max=10.0)):
+    for got, expected in zip(Band(relax=None).bounds(x), band(x, 0.05, "kl", upper_max=10.0), strict=True):
         assert torch.equal(got, expected)
 
 

@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from mp_reference import reference_bounds
 from scipy.optimize import minimize
 
 from bandpo import DIVERGENCES, Divergence, band
 from bandpo.shrink import generator_derivative_by_autograd, perspective_from_generator, solve_shrink_generic
-from mp_reference import reference_bounds
 
 # --- the lemma: a full-vocabulary optimisation lands on the scalar bounds --------------------
 
@@ -139,7 +139,7 @@ def test_generic_solver_agrees_with_the_specialised_solver(name, delta):
     float64 to 1e-10 relative (1e-12 absolute near 0), float32 to 1e-4 relative (1e-6 absolute)."""
     for dtype, rtol, atol in [(torch.float64, 1e-10, 1e-12), (torch.float32, 1e-4, 1e-6)]:
         log_p = wide_grid(dtype)
-        for got, expected in zip(band(log_p, delta, generic(name)), band(log_p, delta, name)):
+        for got, expected in zip(band(log_p, delta, generic(name)), band(log_p, delta, name), strict=True):
             torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
 
 
@@ -153,7 +153,7 @@ def test_generic_solver_matches_the_reference_for_reverse_kl(delta):
     )
     log_p = wide_grid(torch.float64)[::3]
     lower, upper = band(log_p, delta, generic_reverse_kl)
-    for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist()):
+    for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist(), strict=True):
         ref_lower, ref_upper = reference_bounds("reverse_kl", x, delta)
         assert abs(lo - ref_lower) <= max(1e-9 * ref_lower, 1e-12)
         assert abs(up - ref_upper) <= 1e-9 * ref_upper
@@ -194,7 +194,7 @@ def test_alpha_two_is_half_chi_square(delta):
     """alpha = 2: f = (u - 1)^2 / 2, so Band(alpha=2, delta) = Band(chi2, 2 delta)."""
     log_p = wide_grid(torch.float64)
     alpha_two = Divergence("alpha-2", alpha_generator(2.0))
-    for got, expected in zip(band(log_p, delta, alpha_two), band(log_p, 2 * delta, "chi2")):
+    for got, expected in zip(band(log_p, delta, alpha_two), band(log_p, 2 * delta, "chi2"), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -203,7 +203,7 @@ def test_alpha_one_half_is_twice_squared_hellinger(delta):
     """alpha = 1/2: f = 2 (sqrt(u) - 1)^2, so Band(alpha=1/2, delta) = Band(hellinger, delta/2)."""
     log_p = wide_grid(torch.float64)
     alpha_half = Divergence("alpha-1/2", alpha_generator(0.5), slope_at_infinity=2.0)
-    for got, expected in zip(band(log_p, delta, alpha_half), band(log_p, delta / 2, "hellinger")):
+    for got, expected in zip(band(log_p, delta, alpha_half), band(log_p, delta / 2, "hellinger"), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -221,7 +221,7 @@ def test_jensen_shannon_through_the_generic_solver_matches_the_reference(delta):
     including exact saturation (g_js(p, 0) <= log 2 is finite)."""
     log_p = wide_grid(torch.float64)[::2]
     lower, upper = band(log_p, delta, JS)
-    for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist()):
+    for x, lo, up in zip(log_p.tolist(), lower.tolist(), upper.tolist(), strict=True):
         ref_lower, ref_upper = reference_bounds("js", x, delta)
         assert abs(lo - ref_lower) <= max(1e-9 * ref_lower, 1e-12), f"log p={x}"
         assert abs(up - ref_upper) <= 1e-9 * ref_upper, f"log p={x}"

@@ -28,7 +28,7 @@ def test_off_policy_steps_follow_the_generation_schedule(generate_every, accumul
 def records_of(clip_rates, low_p_shares, entropies, rewards):
     """Per-step records as BandPOTrainer logs them (reward only on generation steps)."""
     records = []
-    for step, (clip, share, entropy, reward) in enumerate(zip(clip_rates, low_p_shares, entropies, rewards), start=1):
+    for step, (clip, share, entropy, reward) in enumerate(zip(clip_rates, low_p_shares, entropies, rewards, strict=True), start=1):
         record = {"step": step, "clip_ratio/region_mean": clip, "clip_ratio/low_p_high_share": share, "entropy": entropy}
         if reward is not None:
             record["reward"] = reward

@@ -29,7 +29,6 @@ from transformers import AutoTokenizer  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from bandpo import Band, policy_loss  # noqa: E402
-from bandpo.rules import CLIP_METHODS  # noqa: E402
 from bandpo.integrations import trl as bandpo_trl  # noqa: E402
 from bandpo.integrations.trl import (  # noqa: E402
     SUPPORTED_TRL,
@@ -39,6 +38,7 @@ from bandpo.integrations.trl import (  # noqa: E402
     check_trl_version,
     never_off_policy,
 )
+from bandpo.rules import CLIP_METHODS  # noqa: E402
 
 TESTS = Path(__file__).parent
 

@@ -25,8 +25,8 @@ they exist, fixed-length Halley iterations for ``kl`` and ``reverse_kl``, and th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

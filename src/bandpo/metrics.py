@@ -23,7 +23,8 @@ p >= 0.2), each a mean over its own group of tokens (`DENOMINATORS` names the gr
 
 from __future__ import annotations
 
-from typing import Mapping
+import itertools
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ COUNT_PREFIXES = ("tokens/", "clipped/")
 
 
 def bucket_names() -> list[str]:
-    return [f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(P_BUCKET_EDGES[:-1], P_BUCKET_EDGES[1:])]
+    return [f"{lo:.1f}-{hi:.1f}" for lo, hi in itertools.pairwise(P_BUCKET_EDGES)]
 
 
 def clip_metrics(
@@ -138,4 +139,4 @@ def metrics_to_floats(metrics: Mapping[str, Tensor]) -> dict[str, float]:
         return {}
     keys = list(metrics)
     values = torch.stack([metrics[key].detach().float().reshape(()) for key in keys]).cpu().tolist()
-    return dict(zip(keys, values))
+    return dict(zip(keys, values, strict=True))

@@ -24,7 +24,8 @@ of fixed length (no data-dependent control flow, no host synchronisation).
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor

@@ -399,7 +399,6 @@ def test_bypass_mode_replacing_bandpo_fails_loudly_at_run_time():
     """verl's legacy trainer imports apply_bypass_mode by name at every step, after the driver imported the
     external lib; the name it then gets refuses to replace loss_mode=bandpo and passes other modes on."""
     from omegaconf import OmegaConf
-
     from verl.protocol import DataProto
 
     def legacy_trainer_step(loss_mode: str) -> None:

@@ -38,7 +38,8 @@ import io
 import json
 import os
 import types
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -74,8 +75,8 @@ def global_aggregate(
     mask: Tensor,
     token_level_loss: bool,
     dp_size: int,
-    batch_num_tokens: Optional[float],
-    global_batch_size: Optional[float],
+    batch_num_tokens: float | None,
+    global_batch_size: float | None,
 ) -> Tensor:
     """OpenRLHF's reduction: token-mean or seq-mean-token-mean, over the global batch when its size is given.
 
@@ -241,7 +242,7 @@ class BandPOPolicyLoss(nn.Module):
         self,
         clip_eps_low: float = 0.2,
         clip_eps_high: float = 0.2,
-        dual_clip: Optional[float] = None,
+        dual_clip: float | None = None,
         token_level_loss: bool = True,
         policy_loss_type: str = "ppo",
         is_correction_level: str = "off",
@@ -252,7 +253,7 @@ class BandPOPolicyLoss(nn.Module):
         bandpo_clip_method: str = "band",
         bandpo_divergence: str = "kl",
         bandpo_delta: float = 0.05,
-        bandpo_upper_max: Optional[float] = 10.0,
+        bandpo_upper_max: float | None = 10.0,
     ) -> None:
         super().__init__()
         if policy_loss_type not in POLICY_LOSS_TYPES:
@@ -284,12 +285,12 @@ class BandPOPolicyLoss(nn.Module):
         log_probs: Tensor,
         old_log_probs: Tensor,
         advantages: Tensor,
-        action_mask: Optional[Tensor] = None,
-        rollout_log_probs: Optional[Tensor] = None,
+        action_mask: Tensor | None = None,
+        rollout_log_probs: Tensor | None = None,
         dp_size: int = 1,
-        batch_num_tokens: Optional[float] = None,
-        global_batch_size: Optional[float] = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        batch_num_tokens: float | None = None,
+        global_batch_size: float | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """(loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio) as OpenRLHF's PolicyLoss returns them.
 
         ``clip_ratio`` is the share of valid tokens whose gradient the bounds cut, ``ppo_kl`` the mean of
@@ -430,7 +431,7 @@ def policy_loss_arguments_from_train_ppo_ray(arguments: Sequence[str]) -> tuple[
     return policy_loss_arguments, tuple(line for line in printed.getvalue().splitlines() if line.strip())
 
 
-def _split_job_command_line(arguments: Sequence[str]) -> tuple[dict[str, str], Optional[dict], list[str]]:
+def _split_job_command_line(arguments: Sequence[str]) -> tuple[dict[str, str], dict | None, list[str]]:
     """(BANDPO_* assignments, the runtime env, train_ppo_ray arguments) of a command line written
     ``[BANDPO_X=V ...] [--runtime-env-json JSON] [--] [python3 -m openrlhf.cli.train_ppo_ray] ARGS...``."""
     assignments: dict[str, str] = {}

@@ -45,8 +45,9 @@ import difflib
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -91,7 +92,7 @@ class BandPOPolicyLossConfig(PolicyLossConfig):
     bandpo_clip_method: str = "band"
     bandpo_divergence: str = "kl"
     bandpo_delta: float = 0.05
-    bandpo_upper_max: Optional[float] = 10.0
+    bandpo_upper_max: float | None = 10.0
 
     def __post_init__(self) -> None:
         check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
@@ -308,7 +309,7 @@ def _explain_verl_error(error: Exception, overrides: Sequence[str], target: str)
     return f"verl rejected the configuration: {cause}"
 
 
-def check_verl_overrides(overrides: Sequence[str], environment: Optional[dict[str, str]] = None) -> VerlSettings:
+def check_verl_overrides(overrides: Sequence[str], environment: dict[str, str] | None = None) -> VerlSettings:
     """Compose verl's ``ppo_trainer`` config with ``overrides`` and build the actor config as verl's workers
     do (``omega_conf_to_dataclass``), then the bound rule and dual clip as the loss will; ValueError with
     the fix when verl would not run BandPO as written.

@@ -92,5 +92,5 @@ def correctness_reward(completions: list, answer: list[str], **trl_columns) -> l
     """
     return [
         CORRECT_REWARD if is_correct(completion_text(completion), str(expected)) else WRONG_REWARD
-        for completion, expected in zip(completions, answer)
+        for completion, expected in zip(completions, answer, strict=True)
     ]

@@ -73,7 +73,7 @@ def evaluate(
     try:
         for start in range(0, len(problems), batch_size):
             batch = problems[start : start + batch_size]
-            for problem, completion in zip(batch, _completions(model, tokenizer, batch, max_new_tokens, do_sample=False)):
+            for problem, completion in zip(batch, _completions(model, tokenizer, batch, max_new_tokens, do_sample=False), strict=True):
                 greedy_correct += is_correct(completion, problem["answer"])
                 if len(examples) < num_examples:
                     examples.append((problem["prompt"][-1]["content"], completion, problem["answer"]))

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from bandpo.training.statistics import PPO_KL, STEP_METRICS  # noqa: E402
 
 PANEL_TITLES = ("(a) clip rate", "(b) low-p (p<0.2) clip-high share", "(c) policy entropy", "reward")
-PANELS = tuple(zip(STEP_METRICS, PANEL_TITLES))
+PANELS = tuple(zip(STEP_METRICS, PANEL_TITLES, strict=True))
 """Metric and title of each panel: the paper's Figure 3 (a)-(c), plus the reward."""
 
 
@@ -22,14 +22,14 @@ def metric_series(records: list[dict], metric: str) -> tuple[np.ndarray, np.ndar
     points = [(record["step"], record[metric]) for record in records if metric in record and "step" in record]
     if not points:
         return np.array([]), np.array([])
-    steps, values = zip(*points)
+    steps, values = zip(*points, strict=True)
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
 
 
 def plot_training(records: list[dict], path: Path, title: str = "") -> Path:
     """2x2 figure of the run's clip rate, low-p clip-high share, entropy and reward against step."""
     figure, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for axis, (metric, label) in zip(axes.flat, PANELS):
+    for axis, (metric, label) in zip(axes.flat, PANELS, strict=True):
         steps, values = metric_series(records, metric)
         axis.plot(steps, values, marker="o", markersize=3)
         axis.set_title(label)
@@ -56,7 +56,7 @@ def plot_comparison(runs: dict[str, list[list[dict]]], path: Path, title: str = 
     """1x4 figure, one line per method (mean over seeds, shaded mean +- sd), panels as `PANELS`."""
     figure, axes = plt.subplots(1, 4, figsize=(18, 4))
     for method, seed_records in runs.items():
-        for axis, (metric, label) in zip(axes, PANELS):
+        for axis, (metric, label) in zip(axes, PANELS, strict=True):
             stacked_series = stacked_over_seeds(seed_records, metric)
             if stacked_series is None:
                 continue
