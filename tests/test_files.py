@@ -24,6 +24,7 @@ def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_pat
     write_text_atomic(path, "old")
     write_text_atomic(path, "new")
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files.current_umask()  # as open() would make it
 
 
 def test_a_write_cut_short_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -86,7 +86,7 @@ def bounds_table(
     lines.append(f"{'divergence':<16} {'p':>9} {'lower':>10} {'upper':>12} {'dq down':>10} {'dq up':>10}")
     for label, _, rule in shown_bands(divergences, delta, upper_max, eps, variants):
         lower, upper = rule.bounds(log_p)
-        for p, lo, up in zip(p_values, lower.tolist(), upper.tolist()):
+        for p, lo, up in zip(p_values, lower.tolist(), upper.tolist(), strict=True):
             lines.append(f"{label:<16} {p:>9.4g} {lo:>10.5f} {up:>12.5f} {(lo - 1) * p:>+10.5f} {(up - 1) * p:>+10.5f}")
     return "\n".join(lines)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandpo.training import statistics
-from bandpo.training.interrupts import Interrupted
 from bandpo.training.evaluate import EvalResult
 from bandpo.training.files import CorruptFileError, lock_folder, read_json, write_json_atomic, write_text_atomic
+from bandpo.training.interrupts import Interrupted
 from bandpo.training.plots import plot_comparison, plot_entropy_against_distance
 from bandpo.training.run import (
     PreparedRun,

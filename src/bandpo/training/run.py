@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bandpo.integrations.trl import BandPOConfig
-from bandpo.training.interrupts import Interrupted
 from bandpo.training.evaluate import EvalResult, evaluate
 from bandpo.training.files import lock_folder, read_json, read_jsonl, write_json_atomic
+from bandpo.training.interrupts import Interrupted
 from bandpo.training.models import ModelSource, resolve_model
 from bandpo.training.settings import RunSettings, check_engines, check_output_dir
 
