@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal, overload
 
 
 def describe_range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -22,6 +23,30 @@ def describe_range(low: float | None, high: float | None, low_open: bool, high_o
     return "a finite number"
 
 
+@overload
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = ...,
+    high: float | None = ...,
+    low_open: bool = ...,
+    high_open: bool = ...,
+    allow_none: Literal[False] = ...,
+    allow_infinity: bool = ...,
+) -> float: ...
+@overload
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = ...,
+    high: float | None = ...,
+    low_open: bool = ...,
+    high_open: bool = ...,
+    allow_none: bool,
+    allow_infinity: bool = ...,
+) -> float | None: ...
 def check_number(
     name: str,
     value: object,

@@ -263,6 +263,8 @@ def make_rule(
     method = CLIP_METHOD_TABLE[clip_method]
     low = method.eps_low if eps_low is None else eps_low
     high = method.eps_high if eps_high is None else eps_high
+    if low is None or high is None:  # a rule without margins (band): its build ignores them
+        return method.build(divergence, delta, upper_max, 0.0, 0.0)
     return method.build(divergence, delta, upper_max, low, high)
 
 
