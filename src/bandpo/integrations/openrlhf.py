@@ -39,7 +39,7 @@ import json
 import os
 import types
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +141,7 @@ class RolloutCorrection(NamedTuple):
 
 def rollout_correction(
     old_log_probs: Tensor,
-    rollout_log_probs: Tensor,
+    rollout_log_probs: Tensor | None,
     mask: Tensor,
     *,
     level: str,
@@ -316,7 +316,16 @@ class BandPOPolicyLoss(nn.Module):
         return loss, clip_ratio, ppo_kl, vllm_kl, is_filter_ratio
 
 
-def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> dict[str, object]:
+class BandPOParameters(TypedDict, total=False):
+    """BandPOPolicyLoss's ``bandpo_*`` keywords, those that are given."""
+
+    bandpo_clip_method: str
+    bandpo_divergence: str
+    bandpo_delta: float
+    bandpo_upper_max: float | None
+
+
+def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> BandPOParameters:
     """BandPOPolicyLoss keywords from ``BANDPO_*`` variables; an unknown ``BANDPO_*`` name is an error."""
     known = (*ENVIRONMENT_PARAMETERS, *OTHER_BANDPO_VARIABLES)
     unknown = sorted(name for name in environment if name.startswith("BANDPO_") and name not in known)
@@ -335,7 +344,8 @@ def bandpo_parameters_from_environment(environment: Mapping[str, str]) -> dict[s
                 parameters[keyword] = convert(raw)
             except ValueError as error:
                 raise ValueError(f"{name} must be a {convert.__name__}, got {raw!r}") from error
-    return parameters
+    # the keys and their converters come from ENVIRONMENT_PARAMETERS, which matches BandPOParameters
+    return cast(BandPOParameters, parameters)
 
 
 def use_bandpo_policy_loss(target_module: str = OPENRLHF_ACTOR_MODULE) -> None:
@@ -346,7 +356,7 @@ def use_bandpo_policy_loss(target_module: str = OPENRLHF_ACTOR_MODULE) -> None:
     """
     parameters = bandpo_parameters_from_environment(os.environ)
     BandPOPolicyLoss(**parameters)  # validate before patching
-    module = importlib.import_module(target_module)
+    module: Any = importlib.import_module(target_module)  # OpenRLHF's actor module: untyped
     module.PolicyLoss = functools.partial(BandPOPolicyLoss, **parameters)
 
 
@@ -371,7 +381,7 @@ class OpenRLHFSettings(NamedTuple):
 class _RefusingParser(argparse.ArgumentParser):
     """argparse that raises ValueError where it would print usage and exit."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise ValueError(f"OpenRLHF's train_ppo_ray refuses the arguments: {message}")
 
 

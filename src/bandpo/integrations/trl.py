@@ -160,7 +160,7 @@ class RatioBounds(NamedTuple):
     upper: Tensor
 
 
-def upper_max_from_text(value: object) -> object:
+def upper_max_from_text(value: float | str | None) -> float | str | None:
     """``bandpo_upper_max`` as given on a command line: "None" / "none" is None, a number's text is that
     number; anything else is left for the range check to refuse."""
     if not isinstance(value, str):
@@ -222,7 +222,7 @@ class BandPOConfig(GRPOConfig):
         self.bandpo_upper_max = upper_max_from_text(self.bandpo_upper_max)
         check_clip_method(self.bandpo_clip_method, "bandpo_clip_method")
         if self.bandpo_clip_method in EPSILON_HIGH_DEFAULTS and self.epsilon_high is None:
-            self.epsilon_high = EPSILON_HIGH_DEFAULTS[self.bandpo_clip_method]
+            self.epsilon_high: float | None = EPSILON_HIGH_DEFAULTS[self.bandpo_clip_method]
         super().__post_init__()
         clipping = TWO_SIDED_LOSS_TYPES + TRUNCATING_LOSS_TYPES
         if self.loss_type not in clipping:
@@ -259,7 +259,7 @@ class BandPOConfig(GRPOConfig):
         if self.bandpo_divergence not in DIVERGENCES:
             raise ValueError(f"bandpo_divergence must be one of {', '.join(DIVERGENCES)}, got {self.bandpo_divergence!r}")
         check_number("bandpo_delta", self.bandpo_delta, low=DELTA_RANGE[0], high=DELTA_RANGE[1])
-        check_number("bandpo_upper_max", self.bandpo_upper_max, low=1.0, allow_none=True, allow_infinity=True)
+        upper_max = check_number("bandpo_upper_max", self.bandpo_upper_max, low=1.0, allow_none=True, allow_infinity=True)
         dcpo_margins = (check_number("bandpo_dcpo_eps_low", self.bandpo_dcpo_eps_low, low=0.0),
                         check_number("bandpo_dcpo_eps_high", self.bandpo_dcpo_eps_high, low=0.0))
         fixed_margins = self.fixed_margins()
@@ -270,7 +270,7 @@ class BandPOConfig(GRPOConfig):
             clip_method,
             divergence=self.bandpo_divergence,
             delta=self.bandpo_delta,
-            upper_max=self.bandpo_upper_max,
+            upper_max=upper_max,
             eps_low=eps_low,
             eps_high=eps_high,
         )
@@ -385,6 +385,9 @@ class BandPOTrainer(GRPOTrainer):
     """Set while TRL's `_compute_loss` runs under BandPO's epsilons."""
     _bounded_loss_calls: int = 0
     """Entries into `_compute_loss`, where the bounds are set."""
+    epsilon_low: Tensor | float
+    epsilon_high: Tensor | float
+    """GRPOTrainer's clip margins (set by TRL): floats, per-token tensors while `_trl_loss_with` runs."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -492,18 +495,22 @@ class BandPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         with self._trl_loss_with(epsilons, mode) as capture:
             loss = super()._compute_loss(model, inputs)
-        if capture.log_prob_calls != 1:
+        if capture.log_prob_calls != 1 or capture.log_probs is None:  # one call records them
             raise self._incompatible(
                 f"its loss computed the policy log-probabilities {capture.log_prob_calls} time(s) through "
                 "_get_per_token_logps_and_entropies (expected exactly once), so the ratio it clipped is not the "
                 "one BandPO bounded and checked"
             )
         if token_level:
+            log_probs = capture.log_probs
             if old_log_probs is None:  # on-policy: TRL uses the current log-probs, the ratio is 1
-                old_log_probs = capture.log_probs
+                old_log_probs = log_probs
+            if bounds is None:  # None exactly when old_log_probs was
                 bounds = bounds_on_valid_tokens(self.bound_rule, old_log_probs, mask)
             trl_logged = self._trl_logged_clip_shares(capture, mode)
-            self._check_and_log(capture, old_log_probs, bounds, trl_logged, inputs["advantages"], mask, mode)
+            self._check_and_log(
+                capture, log_probs, old_log_probs, bounds, trl_logged, inputs["advantages"], mask, mode
+            )
         return loss
 
     def _trl_logged_clip_shares(self, capture: TRLLossCapture, mode: str) -> dict[str, float]:
@@ -534,6 +541,7 @@ class BandPOTrainer(GRPOTrainer):
     def _check_and_log(
         self,
         capture: TRLLossCapture,
+        log_probs: Tensor,
         old_log_probs: Tensor,
         bounds: RatioBounds,
         trl_logged: dict[str, float],
@@ -547,7 +555,6 @@ class BandPOTrainer(GRPOTrainer):
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
         mask = mask.float()
-        log_probs = capture.log_probs
         ratio = torch.exp(log_probs - old_log_probs)
         expected = trl_clip_counts(self.loss_type, ratio, advantages, capture.epsilons, self.args.delta, mask)
         local = clip_metrics(
@@ -557,7 +564,9 @@ class BandPOTrainer(GRPOTrainer):
         diagnostics = {name: value for name, value in local.items() if name not in TRL_CLIP_METRICS}
         weights = reduce_weights(local)
         # Means become sums weighted by their group's count, counts stay sums: one reduction for all.
-        weighted = {name: value if weights[name] is None else value * weights[name] for name, value in diagnostics.items()}
+        weighted = {
+            name: value if (weight := weights[name]) is None else value * weight for name, value in diagnostics.items()
+        }
         totals = self._sum_over_processes({"trl_counts": expected, "diagnostics": weighted})
         summed = totals["diagnostics"]
         self._check_trl_counts(trl_logged, totals["trl_counts"], summed["tokens/valid"])

@@ -343,7 +343,7 @@ def check_verl_overrides(overrides: Sequence[str], environment: dict[str, str] |
     bypass_mode = bool(config.algorithm.get("rollout_correction", {}).get("bypass_mode", False))
     if bypass_mode and not config.trainer.get("use_v1", True):
         raise ValueError(BYPASS_MODE_FIX)
-    notes = ()
+    notes: tuple[str, ...] = ()
     if bypass_mode:
         notes = ("bypass mode: the old log-probs are the rollout engine's, so the band is computed from pi_rollout",)
     rule = bound_rule_from_config(actor)
