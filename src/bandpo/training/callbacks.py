@@ -4,7 +4,10 @@ the first SIGINT / SIGTERM deferred to the end of the step (`bandpo.training.int
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
@@ -58,13 +61,17 @@ class CompactProgressCallback(TrainerCallback):
             self.bar = None
 
 
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+"""What ``signal.signal`` takes and returns."""
+
+
 class GracefulInterruptCallback(TrainerCallback):
     """The first SIGINT / SIGTERM during training saves a checkpoint at the end of the current step and
     stops; a second one reaches the handlers that were there before training (abort)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous_handlers: dict[int, object] = {}
+        self._previous_handlers: dict[int, SignalHandler] = {}
 
     @property
     def interrupted(self) -> bool:

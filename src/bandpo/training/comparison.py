@@ -154,7 +154,7 @@ def comparison_report(rows: list[dict], samples: int, title: str) -> tuple[str, 
         "## Runs",
         statistics.format_runs_table(rows, samples),
     ])
-    per_method = {m: {f: dict(zip(("mean", "sd", "n"), v)) for f, v in s.items()} for m, s in summary.items()}
+    per_method = {m: {f: dict(zip(("mean", "sd", "n"), v, strict=True)) for f, v in s.items()} for m, s in summary.items()}
     return markdown + "\n", {"per_method": per_method, "paired_differences": differences}
 
 
@@ -190,7 +190,8 @@ def run_comparison(plan: ComparisonPlan) -> tuple[str, Path]:
     ``statistics.json``, ``compare.png`` and ``entropy-vs-kl.png`` (entropy at equal policy movement),
     the tables atomically and only once every run has finished; returns (the Markdown report, the path
     of compare.png)."""
-    rows, curves = [], {}
+    rows: list[dict] = []
+    curves: dict[str, list[list[dict]]] = {}  # method -> each seed's metric records
     for (prepared, _), summary in zip(plan.runs, train_unfinished_runs(plan), strict=True):
         config = prepared.config
         records = read_metrics(prepared.settings.output_dir / "metrics.jsonl")

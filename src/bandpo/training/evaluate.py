@@ -67,7 +67,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    greedy_correct, examples = 0, []
+    greedy_correct = 0
+    examples: list[tuple[str, str, str]] = []
     sample_correct = [0] * len(problems)
     bar = tqdm(total=len(problems) * (1 + samples), desc=progress, unit="seq", disable=progress is None)
     try:

@@ -157,7 +157,7 @@ def lock_folder(folder: Path) -> FolderLock:
         raise FolderLockedError(
             f"{folder} is in use by {holder}; wait for it to finish, or stop it, before writing there"
         ) from None
-    holder = {
+    record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -165,7 +165,7 @@ def lock_folder(folder: Path) -> FolderLock:
     }
     handle.seek(0)
     handle.truncate(0)
-    handle.write(json.dumps(holder))
+    handle.write(json.dumps(record))
     handle.flush()
     lock = FolderLock(folder, handle)
     _HELD[folder] = lock

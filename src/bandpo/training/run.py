@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from bandpo.integrations.trl import BandPOConfig
 from bandpo.training.evaluate import EvalResult, evaluate
@@ -125,12 +125,15 @@ def checkpoint_step(checkpoint: Path) -> int | None:
     folder's own step was written whole; one cut short (kill, full disk) is never chosen.
     """
     match = CHECKPOINT_FOLDER.match(checkpoint.name)
+    if match is None:
+        return None
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    complete = match is not None and isinstance(state, dict) and state.get("global_step") == int(match[1])
-    return int(match[1]) if complete else None
+    step = int(match[1])
+    complete = isinstance(state, dict) and state.get("global_step") == step
+    return step if complete else None
 
 
 def checkpoint_folders(output_dir: Path) -> list[Path]:
@@ -160,7 +163,7 @@ def read_summary(output_dir: Path) -> dict | None:
     return read_json(path, f"delete {path} to train the run again")
 
 
-def is_finished(summary: dict | None) -> bool:
+def is_finished(summary: dict | None) -> TypeGuard[dict]:
     """Whether a summary records a run that trained and evaluated to the end."""
     return summary is not None and not summary.get("interrupted") and summary.get("accuracy_after") is not None
 
@@ -276,7 +279,10 @@ def execute_run(prepared: PreparedRun, quiet: bool = False, before: EvalResult |
         print(describe_evaluation("before", before), flush=True)
     metrics_path = settings.output_dir / "metrics.jsonl"
     if prepared.resume_from is not None:
-        kept = metrics_to_resume(metrics_path, checkpoint_step(Path(prepared.resume_from)))
+        resume_step = checkpoint_step(Path(prepared.resume_from))
+        if resume_step is None:  # it was complete when the run was prepared
+            raise ValueError(f"--resume: {prepared.resume_from} is no longer a complete checkpoint")
+        kept = metrics_to_resume(metrics_path, resume_step)
         (settings.output_dir / "summary.json").unlink(missing_ok=True)
     else:
         kept = []
@@ -316,7 +322,7 @@ def execute_run(prepared: PreparedRun, quiet: bool = False, before: EvalResult |
         settings=settings.fingerprint(),
     )
     write_json_atomic(settings.output_dir / "summary.json", result.to_json())
-    if interrupt.interrupted:
+    if interrupt.signum is not None:  # interrupt.interrupted
         raise Interrupted(interrupt.signum)
     return result
 

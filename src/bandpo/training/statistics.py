@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from typing import Any
 
 CLIP_RATE = "clip_ratio/region_mean"
 LOW_P_HIGH_SHARE = "clip_ratio/low_p_high_share"
@@ -92,7 +93,7 @@ def method_summary(rows: list[dict], fields: tuple[str, ...]) -> dict[str, dict[
     by_method: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
-    summary = {}
+    summary: dict[str, dict[str, tuple]] = {}
     for method, method_rows in by_method.items():
         summary[method] = {}
         for name in fields:
@@ -119,7 +120,7 @@ def paired_differences(rows: list[dict], field: str, method: str, baseline: str)
 
     None when the two methods share no seed with both values.
     """
-    values = {(row["method"], row["seed"]): row.get(field) for row in rows}
+    values: dict[tuple[str, Any], Any] = {(row["method"], row["seed"]): row.get(field) for row in rows}
     seeds = sorted(
         seed for (name, seed) in values
         if name == method and values[(name, seed)] is not None and values.get((baseline, seed)) is not None
