@@ -39,12 +39,14 @@ def hand_written_pages() -> dict[Path, str]:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("generated")
-    return {path.name: path.read_text() for path in render_docs.render_all(out)}
+    paths = render_docs.render_all(out)
+    return {path.name: path.read_text() if path.suffix == ".md" else path.read_bytes().hex() for path in paths}
 
 
 def test_every_artifact_renders_from_the_committed_files(rendered):
     assert set(rendered) == set(render_docs.ARTIFACTS)
     assert all(text.strip() for text in rendered.values())
+    assert all(bytes.fromhex(text)[:8] == b"\x89PNG\r\n\x1a\n" for name, text in rendered.items() if name.endswith(".png"))
 
 
 def test_every_artifact_is_included_by_a_page():
@@ -65,7 +67,8 @@ RENDERED_NUMBER = re.compile(r"\d+\.\d+x|\d+\.\d+ ms|\d+\.\d+%|\d\.\d+e-\d+")
 
 def test_no_page_repeats_a_rendered_number_by_hand(rendered):
     targets = set(RENDERED_NUMBER.findall(" ".join(render_docs.TARGETS.values())))
-    numbers = {number for text in rendered.values() for number in RENDERED_NUMBER.findall(text)} - targets
+    numbers = {number for name, text in rendered.items() if name.endswith(".md")
+               for number in RENDERED_NUMBER.findall(text)} - targets
     assert len(numbers) > 20  # the pattern does find the artifacts' figures
     for page, text in hand_written_pages().items():
         copied = sorted(number for number in numbers if re.search(rf"(?<![\d.]){re.escape(number)}", text))
@@ -82,8 +85,11 @@ def test_no_page_quotes_a_superseded_benchmark_figure():
 
 
 def copy_results(root: Path) -> Path:
-    """A repository root holding a copy of the benchmark results, to edit."""
+    """A repository root holding a copy of the results files (benchmarks, study, fast demo); returns the
+    benchmark results' folder, to edit."""
     shutil.copytree(ROOT / "benchmarks" / "results", root / "benchmarks" / "results")
+    for folder in render_docs.RESULT_FOLDERS[1:]:
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("runs", "*.png", ".bandpo.lock"))
     return root / "benchmarks" / "results"
 
 
