@@ -462,34 +462,60 @@ def first_difference(original: list[dict], rerun: list[dict]) -> str:
     return f"{first}; bounds means within {bounds_gap:.1e} relative"
 
 
+def finished_runs(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
+    """``{run folder name: (summary, metrics records)}`` of the finished runs in ``folder``."""
+    runs = {}
+    for run in sorted(folder.glob("*-seed*")):
+        path = run / "summary.json"
+        if path.is_file() and json.loads(path.read_text()).get("accuracy_after") is not None:
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+            runs[run.name] = (json.loads(path.read_text()), [json.loads(line) for line in lines if line.strip()])
+    return runs
+
+
+def run_rows(folder: Path) -> dict[str, dict]:
+    """`bandpo.training.statistics.run_row` of each finished run in ``folder``, from its own settings."""
+    from bandpo.training.statistics import run_row
+
+    rows = {}
+    for name, (summary, records) in finished_runs(folder).items():
+        fields = summary["settings"]["trainer_fields"]
+        generate_every = fields.get("steps_per_generation", 1) * fields.get("num_iterations", 1)
+        rows[name] = run_row(summary, records, generate_every, fields.get("gradient_accumulation_steps", 1))
+    return rows
+
+
 @artifact("study-reproduction.md")
 def study_reproduction(root: Path) -> str:
-    """Each re-run (docs/study-rerun) against its committed run: the outcomes, and the first step whose
-    logged metrics differ (bit for bit, on the metrics both logged)."""
-    rerun_rows = json.loads((root / "docs" / "study-rerun" / "table.json").read_text())
-    original = {(row["method"], row["seed"]): row for row in json.loads((root / "docs" / "study" / "table.json").read_text())}
+    """Each finished re-run (docs/study-rerun) against its committed run: the outcomes, and the first step
+    whose logged metrics differ (bit for bit, on the metrics both logged)."""
     from bandpo.training.statistics import FIELD_FORMATS, format_field
 
+    study, rerun = root / "docs" / "study", root / "docs" / "study-rerun"
+    original = run_rows(study)
     labels = [FIELD_FORMATS[field][0] for field in REPRODUCED_FIELDS]
     lines = ["| run | " + " | ".join(f"{label}: committed → re-run" for label in labels) + " | first differing step |",
              "|---|" + "---|" * (len(labels) + 1)]
-    for row in rerun_rows:
-        name = f"{row['method']}-seed{row['seed']}"
-        before = original[row["method"], row["seed"]]
+    for name, row in run_rows(rerun).items():
+        before = original[name]
         cells = [f"{format_field(field, before[field])} → {format_field(field, row[field])}" for field in REPRODUCED_FIELDS]
-        difference = first_difference(_step_records(root / "docs" / "study" / name / "metrics.jsonl"),
-                                      _step_records(root / "docs" / "study-rerun" / name / "metrics.jsonl"))
+        difference = first_difference(_step_records(study / name / "metrics.jsonl"),
+                                      _step_records(rerun / name / "metrics.jsonl"))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {difference} |")
     return "\n".join(lines) + "\n"
 
 
 @artifact("study-rerun-mechanism.md")
 def study_rerun_mechanism(root: Path) -> str:
-    """The mechanism metrics of band and clip-higher from their re-runs (the committed runs predate them)."""
-    from bandpo.training.statistics import format_summary_columns
+    """The mechanism metrics of each re-run of band and clip-higher (the committed runs predate them)."""
+    from bandpo.training.statistics import FIELD_FORMATS, format_field
 
-    per_method = study_statistics(root, "study-rerun")["per_method"]
-    return format_summary_columns(per_method, ["band", "clip-higher"], MECHANISM) + "\n"
+    lines = ["| re-run | " + " | ".join(FIELD_FORMATS[field][0] for field in MECHANISM) + " |",
+             "|---|" + "---|" * len(MECHANISM)]
+    for name, row in run_rows(root / "docs" / "study-rerun").items():
+        cells = ["–" if row[field] is None else format_field(field, row[field]) for field in MECHANISM]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 @artifact("fast-demo.md")
