@@ -159,7 +159,10 @@ def test_compare_clip_methods_flag(tmp_path, tiny_model_dir, capsys, monkeypatch
     from bandpo.cli.main import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["compare"]).clip_methods == ["band", "clip", "clip-higher", "dcpo"]
+    bare = parser.parse_args(["compare", "--model", tiny_model_dir, "--output-dir", str(tmp_path / "bare")])
+    assert bare.clip_methods is None  # unset: the preset's defaults apply (fast: the four published rules)
+    assert [prepared.config.bandpo_clip_method for prepared, _ in bare.configure(bare).runs] == [
+        "band", "clip", "clip-higher", "dcpo"]
     args = parser.parse_args(["compare", "--clip-methods", "band-relax", "clip", "--model", tiny_model_dir,
                               "--output-dir", str(tmp_path / "cmp")])
     assert args.clip_methods == ["band-relax", "clip"]
