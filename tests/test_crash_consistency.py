@@ -3,9 +3,12 @@ its life, or stopped with SIGINT, and resumed each time by the same command, a c
 table of an uninterrupted one (wall times aside), and at every moment every file it reads back is
 whole: no half line, no duplicate or missing step.
 
-The comparison (2 rules x 2 seeds x 2 steps on the tiny model) runs in forked children of the test
-process, so that the libraries are imported once; each child computes on one thread, which keeps it
-deterministic and safe after ``fork``. The moments are events of the comparison's life (its lock
+The comparison (2 rules x 2 seeds x 2 steps on the tiny model) runs in children forked by a
+multiprocessing fork server that imported the libraries once, never forked from the test process:
+a child killed while holding a lock it shares with its parent (tqdm's multiprocessing write lock,
+created by earlier tests) deadlocked the next children and the test process itself, and the test
+process's threads (torch's pools, torch.compile's workers) could hold a lock at the fork. Each child
+computes on one thread (deterministic). The moments are events of the comparison's life (its lock
 taken, the baseline written, a run's first metrics line, a summary, ...), detected by polling its
 files: each attempt is killed just after the next event, so every phase is hit at least once.
 """
@@ -13,6 +16,8 @@ files: each attempt is killed just after the next event, so every phase is hit a
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import sys
@@ -28,7 +33,6 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 from tiny_models import save_tiny_model  # noqa: E402
 
-import bandpo.training.comparison  # noqa: E402, F401  (imported before forking: children import nothing)
 from bandpo.cli.main import main  # noqa: E402
 from bandpo.training.files import read_json, read_jsonl  # noqa: E402
 from bandpo.training.run import END_OF_TRAINING_KEY  # noqa: E402
@@ -73,44 +77,52 @@ def argv(tmp_path_factory) -> list[str]:
             "--steps", str(STEPS), "--model", str(model), "--config", str(folder / "small.yaml")]
 
 
-def start(argv: list[str], out: Path) -> int:
-    """Fork a child running ``bandpo compare ... --output-dir out`` (its output in out/../<name>.log)."""
+FORK_SERVER = multiprocessing.get_context("forkserver")
+FORK_SERVER.set_forkserver_preload(["torch", "bandpo.training.comparison", "bandpo.cli.main"])
+
+
+def run_compare(argv: list[str], out: str, log_path: str) -> None:
+    """The child: ``bandpo compare ... --output-dir out`` on one thread, its output appended to ``log_path``;
+    exits with compare's status."""
+    import torch
+
+    torch.set_num_threads(1)
+    status = 1
+    try:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the fork server's streams are not the log
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        status = main([*argv, "--output-dir", out])
+        sys.stdout.flush()
+    finally:
+        os._exit(status)
+
+
+def start(argv: list[str], out: Path) -> multiprocessing.process.BaseProcess:
+    """Starts a child running ``bandpo compare ... --output-dir out`` (its output in out/../<name>.log)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = os.open(out.parent / f"{out.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            import torch
-
-            torch.set_num_threads(1)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - pytest's capture is not the child's
-            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-            status = main([*argv, "--output-dir", str(out)])
-            sys.stdout.flush()
-        finally:
-            os._exit(status)
-    os.close(log)
-    return pid
+    child = FORK_SERVER.Process(target=run_compare, args=(argv, str(out), str(out.parent / f"{out.name}.log")))
+    child.start()
+    return child
 
 
-def wait(pid: int, until: Callable[[Path], bool] | None = None, out: Path | None = None,
-         send: int = signal.SIGKILL) -> int:
-    """The child's exit status; with ``until``, ``send`` is sent to it as soon as ``until(out)`` holds."""
+def wait(child: multiprocessing.process.BaseProcess, until: Callable[[Path], bool] | None = None,
+         out: Path | None = None, send: int = signal.SIGKILL) -> int:
+    """The child's exit status (-N for signal N); with ``until``, ``send`` is sent to it as soon as
+    ``until(out)`` holds."""
     deadline = time.monotonic() + TIMEOUT_SECONDS
     sent = False
     while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
+        if child.exitcode is not None:
+            return child.exitcode
         if until is not None and not sent and until(out):
-            os.kill(pid, send)
+            os.kill(child.pid, send)
             sent = True
         time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    child.kill()
+    child.join()
     pytest.fail(f"bandpo compare ran over {TIMEOUT_SECONDS} s")
 
 
