@@ -281,6 +281,21 @@ def test_all_zero_mask_gives_zero_loss_finite_gradient_and_metrics(mode, rule):
 
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_zero_length_sequences_give_zero_loss_without_a_loss_agg_constant(mode):
+    """T = 0 with no loss_agg_constant passed: loss 0 and finite metrics (issue 17, reproducer 12: the
+    sum-norm mode said "loss_agg_constant ... got None", a value the user never gave)."""
+    new = torch.zeros(4, 0, dtype=torch.float64, requires_grad=True)
+    old, mask = torch.zeros(4, 0, dtype=torch.float64), torch.zeros(4, 0, dtype=torch.float64)
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5], dtype=torch.float64)
+    loss, metrics = policy_loss(new, old, advantages, mask, clip=Band(), loss_agg_mode=mode)
+    assert loss.item() == 0.0
+    (grad,) = torch.autograd.grad(loss, new)
+    assert grad.shape == (4, 0)
+    floats = metrics_to_floats(metrics)
+    assert all(math.isfinite(value) for value in floats.values()), floats
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 def test_per_sequence_and_per_token_advantages_agree(mode):
     """advantages (B,) equal to (B, T) broadcast over tokens give the same loss, gradient, metrics."""
     new, old, _, mask = random_batch(6)
