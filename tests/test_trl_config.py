@@ -43,11 +43,16 @@ def test_in_range_fields_the_rule_ignores_leave_the_rule_alone(tmp_path):
     ).bound_rule()
 
 
+@pytest.mark.parametrize("parser", ["trl", "transformers"])
 @pytest.mark.parametrize("text, expected", [("None", None), ("none", None), ("4", 4.0), ("inf", math.inf)])
-def test_trl_parser_sets_upper_max_to_none_or_a_number(tmp_path, text, expected):
+def test_trl_parser_sets_upper_max_to_none_or_a_number(tmp_path, text, expected, parser):
+    """TRL 1.16's TrlParser maps "none" to None for ``X | None`` fields; transformers' HfArgumentParser does not
+    (it parses with float alone), so BandPOConfig reads the text itself and either parser can set None."""
+    from transformers import HfArgumentParser
     from trl import TrlParser
 
-    (parsed,) = TrlParser((BandPOConfig,)).parse_args_into_dataclasses(
+    parser_class = {"trl": TrlParser, "transformers": HfArgumentParser}[parser]
+    (parsed,) = parser_class((BandPOConfig,)).parse_args_into_dataclasses(
         args=["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--bandpo_upper_max", text]
     )
     assert parsed.bandpo_upper_max == expected
