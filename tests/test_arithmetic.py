@@ -1,8 +1,9 @@
 """The arithmetic task and its verifiable reward."""
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("math_verify")
+import_if_installed("math_verify")
 
 from bandpo.training.arithmetic import ArithmeticTask, correctness_reward, final_number, is_correct  # noqa: E402
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from optional_packages import import_if_installed
 
 from bandpo.cli.main import main
 
@@ -87,7 +88,7 @@ def test_upper_max_caps_the_table(capsys):
 
 @pytest.mark.parametrize("relax", [[], ["--relax"], ["--sided"]])
 def test_plot_writes_the_figure(tmp_path, capsys, relax):
-    pytest.importorskip("matplotlib")  # the plots extra; the test venv has it (trl extra)
+    import_if_installed("matplotlib")  # the plots extra; the test venv has it (trl extra)
     path = tmp_path / "figures" / "bounds.png"
     assert main(["bounds", "--delta", "0.1", "--plot", str(path), "--log-p", *relax]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -122,7 +123,7 @@ def test_every_band_row_is_finite_for_the_default_probabilities(capsys):
 
 def test_plot_without_an_extension_writes_and_reports_a_png(tmp_path, capsys):
     """Issue 17, 12: --plot X wrote X.png but reported X."""
-    pytest.importorskip("matplotlib")
+    import_if_installed("matplotlib")
     assert main(["bounds", "--p", "0.5", "--plot", str(tmp_path / "X")]) == 0
     assert (tmp_path / "X.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"figure written to {tmp_path / 'X.png'}" in capsys.readouterr().out
@@ -135,7 +136,7 @@ def test_plot_without_an_extension_writes_and_reports_a_png(tmp_path, capsys):
 )
 def test_a_plot_path_that_cannot_be_written_exits_2_before_the_table(tmp_path, capsys, name, message):
     """Issue 17, 12: a traceback after the table."""
-    pytest.importorskip("matplotlib")
+    import_if_installed("matplotlib")
     (tmp_path / "a-file").write_text("x")
     assert main(["bounds", "--p", "0.5", "--plot", str(tmp_path / name)]) == 2
     captured = capsys.readouterr()
@@ -143,7 +144,7 @@ def test_a_plot_path_that_cannot_be_written_exits_2_before_the_table(tmp_path, c
 
 
 def test_a_plot_into_a_missing_folder_makes_it(tmp_path):
-    pytest.importorskip("matplotlib")
+    import_if_installed("matplotlib")
     assert main(["bounds", "--p", "0.5", "--plot", str(tmp_path / "new" / "deeper" / "b.png")]) == 0
     assert (tmp_path / "new" / "deeper" / "b.png").is_file()
 

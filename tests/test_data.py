@@ -4,8 +4,9 @@ import json
 import os
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("datasets")
+import_if_installed("datasets")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from bandpo.training.data import DatasetSpec, load_prompt_dataset  # noqa: E402

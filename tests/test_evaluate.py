@@ -4,8 +4,9 @@ import os
 
 import pytest
 import torch
+from optional_packages import import_if_installed
 
-pytest.importorskip("transformers")
+import_if_installed("transformers")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from tiny_models import build_tiny_model, build_tiny_tokenizer  # noqa: E402
@@ -57,15 +58,32 @@ def test_greedy_only_by_default(monkeypatch):
     assert all(not s.get("do_sample") for _, s in scripted.calls)
 
 
-def test_sampling_is_reproducible_and_leaves_the_callers_rng_alone():
+def test_sampling_is_reproducible_and_leaves_the_callers_rng_alone(monkeypatch):
+    """The sampled completions (recorded from the real generate calls) repeat under one seed and differ under
+    another: two calls from one caller RNG state would agree with each other even if ``seed`` were ignored."""
+    sampled = []
+    generate = evaluation._completions
+
+    def recording(*args, **sampling):
+        completions = generate(*args, **sampling)
+        if sampling.get("do_sample"):
+            sampled.append(completions)
+        return completions
+
+    monkeypatch.setattr(evaluation, "_completions", recording)
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer)
     torch.manual_seed(123)
     state = torch.get_rng_state()
     first = evaluation.evaluate(model, tokenizer, PROBLEMS, 6, samples=4, seed=7)
     assert torch.equal(torch.get_rng_state(), state)
+    first_samples = sampled.copy()
+    sampled.clear()
     second = evaluation.evaluate(model, tokenizer, PROBLEMS, 6, samples=4, seed=7)
-    assert first == second
+    assert first == second and sampled == first_samples
+    sampled.clear()
+    evaluation.evaluate(model, tokenizer, PROBLEMS, 6, samples=4, seed=8)
+    assert sampled != first_samples  # the seed, not the caller's RNG state, decides the samples
     assert 0 <= first.mean_at_k <= first.pass_at_k <= 1
     assert model.training  # restored
 

@@ -129,9 +129,10 @@ def test_p_equal_to_one_falls_in_the_top_bucket():
 
 
 def test_tensors_are_passed_by_name():
-    """Eight tensors of one shape: positional arguments, which could be swapped unnoticed, are refused."""
+    """Eight tensors of one shape: positional arguments, which could be swapped unnoticed, are refused (the
+    seven required ones, so that the error can only be about their being positional)."""
     tensors = [torch.ones(1, 2)] * 7
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="takes 0 positional arguments but 7 were given"):
         clip_metrics(*tensors)
 
 

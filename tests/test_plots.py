@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("matplotlib")
+import_if_installed("matplotlib")
 
 from bandpo.training.plots import entropy_against_distance, plot_entropy_against_distance  # noqa: E402
 

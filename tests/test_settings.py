@@ -5,8 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("trl")
+import_if_installed("trl")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from bandpo.integrations.trl import BandPOConfig  # noqa: E402

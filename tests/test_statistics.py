@@ -3,8 +3,9 @@
 import math
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("scipy")
+import_if_installed("scipy")
 
 from bandpo.training import statistics  # noqa: E402
 

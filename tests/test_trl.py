@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from optional_packages import import_if_installed
 from packaging.version import Version
 
-pytest.importorskip("trl")
+import_if_installed("trl")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from datasets import Dataset  # noqa: E402
@@ -667,7 +668,7 @@ def free_port() -> int:
 
 
 def test_two_process_accelerate_run(tmp_path):
-    pytest.importorskip("accelerate")
+    import_if_installed("accelerate")
     command = [
         # accelerate 1.15 runs `--cpu` through its single-process launcher; `--multi_gpu` on a machine
         # without GPUs starts 2 torchrun processes that train on CPU over gloo.

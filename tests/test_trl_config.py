@@ -5,8 +5,9 @@ import math
 import os
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("trl")
+import_if_installed("trl")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from tiny_models import TINY_TRAINING_ARGS  # noqa: E402

@@ -16,8 +16,9 @@ import sys
 import types
 
 import pytest
+from optional_packages import import_if_installed
 
-torch = pytest.importorskip("torch")
+torch = import_if_installed("torch")
 
 from bandpo.integrations.openrlhf import (  # noqa: E402
     ENVIRONMENT_PARAMETERS,
@@ -38,8 +39,8 @@ def import_openrlhf_policy_loss():
     that is missing, the package is entered without running its ``__init__`` so that ``models/loss.py``
     itself (which needs only torch and deepspeed) is the code under comparison.
     """
-    pytest.importorskip("openrlhf")
-    pytest.importorskip("deepspeed")
+    import_if_installed("openrlhf")
+    import_if_installed("deepspeed")
     try:
         return importlib.import_module("openrlhf.models").PolicyLoss
     except ModuleNotFoundError as error:
@@ -248,16 +249,14 @@ def test_padding_contributes_nothing_whatever_it_holds(token_level_loss, value):
     padded = tuple(t.masked_fill(~action_mask, value) for t in (log_probs, old_log_probs, advantages)) + (action_mask,)
     loss_module = BandPOPolicyLoss(dual_clip=3.0, token_level_loss=token_level_loss)
     loss, grad, clip_ratio, ppo_kl, *_ = run_loss(loss_module, padded)
-    metrics = loss_module.last_metrics
+    metrics = {name: t.item() for name, t in loss_module.last_metrics.items()}  # read now: the next call replaces them
     clean_loss, clean_grad, clean_clip_ratio, clean_ppo_kl, *_ = run_loss(
         loss_module, (log_probs, old_log_probs, advantages, action_mask)
     )
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     assert loss.item() == clean_loss.item() and torch.equal(grad, clean_grad)
     assert (clip_ratio.item(), ppo_kl.item()) == (clean_clip_ratio.item(), clean_ppo_kl.item())
-    assert {name: t.item() for name, t in metrics.items()} == {
-        name: t.item() for name, t in loss_module.last_metrics.items()
-    }
+    assert metrics == {name: t.item() for name, t in loss_module.last_metrics.items()}
 
 
 @pytest.mark.parametrize("dual_clip", [float("inf"), 1.0, float("nan")])
@@ -508,7 +507,7 @@ OPENRLHF_REQUIRED = ("--algo.advantage.estimator", "group_norm", "--rollout.n_sa
 
 
 def check_job(*arguments: str, environment=None):
-    pytest.importorskip("openrlhf")
+    import_if_installed("openrlhf")
     from bandpo.integrations.openrlhf import check_openrlhf_command_line
 
     return check_openrlhf_command_line(list(arguments), environment or {})
@@ -581,7 +580,7 @@ def test_check_refuses_wrong_jobs_with_the_reason(arguments, message):
 
 
 def test_check_command_prints_the_settings_or_the_error(capsys):
-    pytest.importorskip("openrlhf")
+    import_if_installed("openrlhf")
     from bandpo.cli.main import main
 
     assert main(["check", "openrlhf", "BANDPO_CLIP_METHOD=clip-higher", *OPENRLHF_REQUIRED,

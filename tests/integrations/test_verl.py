@@ -11,9 +11,10 @@ import sys
 import textwrap
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("verl")
-torch = pytest.importorskip("torch")
+import_if_installed("verl")
+torch = import_if_installed("torch")
 
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla, get_policy_loss_fn  # noqa: E402
 from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
@@ -255,7 +256,7 @@ def test_missing_config_is_rejected():
 
 def test_misspelt_keyword_is_rejected():
     data = make_batch(seed=9)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'loss_agg_mod'"):
         get_policy_loss_fn("bandpo")(**data, loss_agg_mod="token-mean", config=actor_config("band", "token-mean"))
 
 
@@ -421,7 +422,7 @@ def test_bypass_mode_replacing_bandpo_fails_loudly_at_run_time():
 
 
 def test_ray_worker_sees_the_registration_through_external_lib_and_env():
-    ray = pytest.importorskip("ray")
+    ray = import_if_installed("ray")
 
     def loss_mode_in_worker(via_env: bool) -> str:
         from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, get_policy_loss_fn
