@@ -95,8 +95,9 @@ def run_compare(argv: list[str], out: str, log_path: str) -> None:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - the fork server's streams are not the log
         sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
         status = main([*argv, "--output-dir", out])
-        sys.stdout.flush()
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(status)
 
 
@@ -178,5 +179,25 @@ def test_stopped_with_sigint_and_resumed_it_ends_with_the_uninterrupted_table(ar
     log = (tmp_path / "cmp.log").read_text()
     assert "not finished: band-seed0, clip-seed0, band-seed1, clip-seed1" in log
     assert wait(start(argv, out)) == 0, (tmp_path / "cmp.log").read_text()
+    check_files_whole(out)
+    assert table_without_wall_times(out) == table_without_wall_times(uninterrupted)
+
+
+def test_a_second_compare_on_the_folder_is_refused_and_the_first_ends_with_the_uninterrupted_table(
+    argv, uninterrupted, tmp_path
+):
+    """Two real ``compare`` processes on one folder (issue 17, 2: both used to exit 0 and interleave one
+    run's metrics): the second, started while the first trains, exits 2 naming the first; the first is
+    undisturbed."""
+    out = tmp_path / "cmp"
+    first = start(argv, out)
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while not metrics_count("band-seed0", 1)(out) and first.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.exitcode is None, "the first compare ended before the second could start"
+    second = start(argv, out)
+    assert wait(second) == 2
+    assert f"is in use by PID {first.pid} on " in (tmp_path / "cmp.log").read_text()
+    assert wait(first) == 0, (tmp_path / "cmp.log").read_text()
     check_files_whole(out)
     assert table_without_wall_times(out) == table_without_wall_times(uninterrupted)
