@@ -5,8 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+from optional_packages import import_if_installed
 
-pytest.importorskip("trl")
+import_if_installed("trl")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from tiny_models import save_tiny_model  # noqa: E402
@@ -330,6 +331,7 @@ def test_train_into_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, t
     assert args.configure(args).settings.overwrite
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", *argv, "--overwrite", "--resume"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
