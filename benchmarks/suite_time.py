@@ -35,7 +35,7 @@ def run_logged(command: list[str], cwd: Path, log: Path) -> tuple[int, float, st
     start = time.monotonic()
     with log.open("w") as file:
         # a cold torch.compile cache, as on CI's fresh machine
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cwd / ".inductor-cache")}
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cwd.parent / f"{cwd.name}-inductor-cache")}
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
         assert process.stdout is not None
@@ -57,13 +57,19 @@ def junit_tests(path: Path) -> list[dict]:
 
 
 def tier(cases: list[dict]) -> dict:
-    """Outcome counts, the slowest tests and those over 60 s."""
+    """Outcome counts (in all and per module), the slowest tests and those over 60 s."""
     counts: dict[str, int] = {}
     for case in cases:
         counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
+    modules: dict[str, dict[str, int]] = {}
+    for case in cases:
+        module = modules.setdefault(case["test"].split("::")[0], {"passed": 0, "total": 0})
+        module["total"] += 1
+        module["passed"] += case["outcome"] == "passed"
     slowest = sorted(cases, key=lambda case: -case["seconds"])
     return {
         "outcomes": counts,
+        "outcomes_by_module": [{"module": name, **module} for name, module in sorted(modules.items())],
         "slowest": [{"test": case["test"], "seconds": case["seconds"]} for case in slowest[:SLOWEST]],
         "over_60_s": [case["test"] for case in slowest if case["seconds"] > 60],
     }
@@ -109,6 +115,7 @@ def main() -> int:
             print(f"clone kept: {clone}")
         else:
             shutil.rmtree(clone, ignore_errors=True)
+            shutil.rmtree(clone.parent / f"{clone.name}-inductor-cache", ignore_errors=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({key: record[key]["phases"] for key in ("full", "fast")}, indent=2))

@@ -541,6 +541,63 @@ def rule_table(root: Path) -> str:
     return rule_table_markdown() + "\n"
 
 
+UNTESTED_TRL = {
+    "1.15.x": "untested on CPU: its fused LM head needs Triton (without it the first log-probability computation "
+              "fails, `_ChunkedLogProbFunction` is None); 1.16 fixed that, and its `_compute_loss` is 1.16's",
+}
+"""Releases of the supported range that the matrix cannot run here, with the reason (written by hand)."""
+
+
+@artifact("trl-matrix.md")
+def trl_matrix(root: Path) -> str:
+    """The compatibility page's TRL matrix: each release's outcome as last recorded by
+    ``TRL_MATRIX_RESULTS=benchmarks/results/cpu/trl-matrix.json scripts/test-trl-matrix.sh``; 1.16 is
+    .venv's own TRL, tested by the main suite (its row gives the suite's outcome from the suite timing)."""
+    matrix = json.loads((root / "benchmarks" / "results" / "cpu" / "trl-matrix.json").read_text())
+    suite = json.loads((root / "benchmarks" / "results" / "cpu" / "test-suite.json").read_text())
+    trl_tests = [case for case in suite["full"]["outcomes_by_module"] if case["module"].startswith("tests/test_trl")]
+    rows = [(run["trl"], f"{run['verdict'].lower()}: {run['pytest']} ({run['seconds']} s with the swap)")
+            for run in matrix["runs"]]
+    rows += list(UNTESTED_TRL.items())
+    passed = sum(case["passed"] for case in trl_tests)
+    total = sum(case["total"] for case in trl_tests)
+    rows.append(("1.16.0", f"{passed} of {total} passed in the main suite (.venv's own TRL; test command of "
+                           f"{suite['date']}, commit {suite['commit']})"))
+    stack = ", ".join(f"{name} {release}" for name, release in matrix["stack"].items())
+    lines = ["| TRL | TRL tests (`tests/test_trl*.py`) |", "|---|---|", *(f"| {trl} | {text} |" for trl, text in rows)]
+    lines += ["", f"Matrix last run {matrix['date']} on Python {matrix['python']}, {stack}."]
+    return "\n".join(lines) + "\n"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+@artifact("test-suite.md")
+def test_suite(root: Path) -> str:
+    """The development page's timings of the test command and the fast tier
+    (benchmarks/results/cpu/test-suite.json, written by ``benchmarks/suite_time.py``)."""
+    suite = json.loads((root / "benchmarks" / "results" / "cpu" / "test-suite.json").read_text())
+    full, fast = suite["full"], suite["fast"]
+    load = ", ".join(f"{value:g}" for value in suite["load_average_before"])
+    lines = [
+        f"Measured {suite['date']} (commit {suite['commit']}, a fresh clone, {suite['cpus']} cores, "
+        f"load average before {load}; nothing else running):",
+        "",
+        "| command | time | tests |",
+        "|---|---|---|",
+    ]
+    for run in (full, fast):
+        outcomes = ", ".join(f"{count} {outcome}" for outcome, count in sorted(run["outcomes"].items()))
+        lines.append(f"| `{run['command']}` (exit {run['exit_status']}) | {_minutes(run['seconds'])} | {outcomes} |")
+    lines += ["", "| phase of `bash scripts/test.sh` | time |", "|---|---|"]
+    lines += [f"| {name} | {seconds} s |" for name, seconds in full["phases"].items()]
+    lines += ["", f"The fast tier's pytest alone: {fast['phases'].get('fast-tier', 0)} s. The ten slowest tests "
+              f"of the full suite ({len(full['over_60_s'])} over 60 s):", "", "| test | time |", "|---|---|"]
+    lines += [f"| `{case['test']}` | {case['seconds']:.1f} s |" for case in full["slowest"]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / GENERATED, help="default: docs/generated")

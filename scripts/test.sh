@@ -24,12 +24,14 @@ phase() {  # phase NAME COMMAND...: runs the command, records "NAME: N s" (a fai
 }
 
 phase setup bash scripts/setup.sh test
+# every core (pytest-xdist), whole files per worker so that module fixtures are built once
+parallel=(-n auto --dist loadfile)
 if [[ "${1:-}" == --fast ]]; then
     shift
-    phase fast-tier .venv/bin/python -m pytest -m "not slow" --ignore=tests/integrations "$@"
+    phase fast-tier .venv/bin/python -m pytest "${parallel[@]}" -m "not slow" --ignore=tests/integrations "$@"
     exit 0
 fi
-phase tests .venv/bin/python -m pytest --ignore=tests/integrations "$@"
+phase tests .venv/bin/python -m pytest "${parallel[@]}" --ignore=tests/integrations "$@"
 phase lint bash scripts/lint.sh          # ruff and mypy (pyproject.toml); either failing fails the suite
 phase docs bash scripts/docs.sh          # the documentation site, built strictly (a broken link or docstring fails)
 phase notebook bash scripts/notebook.sh  # examples/quickstart.ipynb, executed offline in .venv's kernel

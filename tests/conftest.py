@@ -2,15 +2,28 @@
 
 ``pytest -m "not slow" --ignore=tests/integrations`` is the fast inner loop (the operator, the rules,
 the loss and their helpers; docs/development.md gives its time). Slow are the tests that train or load
-models (whole modules, `SLOW_MODULES`) and the few core tests that compile with torch.compile or
-build the native extension (`SLOW_TESTS`, every parametrization included).
+models (whole modules, `SLOW_MODULES`), the few core tests that compile with torch.compile or
+build the native extension (`SLOW_TESTS`, every parametrization included), and every parametrization
+whose ``kernel`` is ``"fused"`` (torch.compile).
 """
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # A torch.compile cache per pytest-xdist worker: two processes compiling the same graph into one
+    # cache can leave a truncated library there that later loads fail on ("file too short").
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "torchinductor"),
+        os.environ["PYTEST_XDIST_WORKER"],
+    )
+    # The cores shared among the workers (read by torch when it is first imported, after this file), so
+    # that the workers' OpenMP threads together do not outnumber the cores.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 SLOW_MODULES = {
     "test_callbacks.py", "test_cli_check.py", "test_cli_train.py", "test_crash_consistency.py", "test_data.py",
@@ -39,7 +52,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.path.name
         collected_modules.add(module)
         key = f"{module}::{item.originalname}" if isinstance(item, pytest.Function) else ""
-        if module in SLOW_MODULES or key in SLOW_TESTS:
+        compiles = isinstance(item, pytest.Function) and getattr(item, "callspec", None) is not None and (
+            item.callspec.params.get("kernel") == "fused"
+        )
+        if module in SLOW_MODULES or key in SLOW_TESTS or compiles:
             item.add_marker(pytest.mark.slow)
         unmatched.discard(key)
     stale = sorted(entry for entry in unmatched if entry.split("::")[0] in collected_modules)

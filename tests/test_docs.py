@@ -61,8 +61,8 @@ def test_pages_include_only_registered_artifacts():
             assert name in render_docs.ARTIFACTS, f"{page.name} includes generated/{name}, which nothing renders"
 
 
-RENDERED_NUMBER = re.compile(r"\d+\.\d+x|\d+\.\d+ ms|\d+\.\d+%|\d\.\d+e-\d+")
-"""A measured figure as the artifacts print it: a ratio, a time, a share, an error."""
+RENDERED_NUMBER = re.compile(r"\d+\.\d+x|\d+\.\d+ ms|\d+\.\d+ min|\d+\.\d+%|\d\.\d+e-\d+")
+"""A measured figure as the artifacts print it: a ratio, a time, a duration, a share, an error."""
 
 
 def test_no_page_repeats_a_rendered_number_by_hand(rendered):
@@ -110,7 +110,17 @@ def test_artifacts_follow_their_files(tmp_path):
     summary["accuracy_after"] = 0.125
     (results / "cpu" / "default_run_summary.json").write_text(json.dumps(summary))
 
+    matrix = json.loads((results / "cpu" / "trl-matrix.json").read_text())
+    matrix["runs"][0].update(verdict="FAIL", pytest="101 passed, 1 failed in 30.00s")
+    (results / "cpu" / "trl-matrix.json").write_text(json.dumps(matrix))
+    suite = json.loads((results / "cpu" / "test-suite.json").read_text())
+    suite["full"]["seconds"] = 1234
+    suite["full"]["slowest"][0]["seconds"] = 98.7
+    (results / "cpu" / "test-suite.json").write_text(json.dumps(suite))
+
     render = {name: function(tmp_path) for name, function in render_docs.ARTIFACTS.items()}
+    assert f"| {matrix['runs'][0]['trl']} | fail: 101 passed, 1 failed in 30.00s" in render["trl-matrix.md"]
+    assert "| 20.6 min |" in render["test-suite.md"] and "| 98.7 s |" in render["test-suite.md"]
     assert "**9.876x**" in render["loss-overhead.md"] and "9.876x (CPU)" in render["benchmarks-summary.md"]
     assert "777.7x faster" in render["operator-speed.md"] and "native kl 777.7x" in render["benchmarks-summary.md"]
     assert "**0.4321%**" in render["train-overhead.md"] and "| 0.4321% |" in render["benchmarks-summary.md"]
