@@ -2,7 +2,7 @@
 ``bash scripts/test.sh`` (set-up, suite, lint, docs, notebook, TRL matrix, integrations), then the
 fast tier (``scripts/test.sh --fast``) in the same clone.
 
-    python benchmarks/test_suite_time.py [--output benchmarks/results/cpu/test-suite.json] [--keep]
+    python benchmarks/suite_time.py [--output benchmarks/results/cpu/test-suite.json] [--keep]
 
 Records each phase's time (the ``phase NAME: N s`` lines test.sh prints), the tests' outcomes and
 the slowest tests (from pytest's JUnit XML), the machine's core count and its load average before the
@@ -59,10 +59,9 @@ def junit_tests(path: Path) -> list[dict]:
 def tier(cases: list[dict]) -> dict:
     """Outcome counts (in all and per module), the slowest tests and those over 60 s."""
     counts: dict[str, int] = {}
-    for case in cases:
-        counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
     modules: dict[str, dict[str, int]] = {}
     for case in cases:
+        counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
         module = modules.setdefault(case["test"].split("::")[0], {"passed": 0, "total": 0})
         module["total"] += 1
         module["passed"] += case["outcome"] == "passed"
@@ -72,6 +71,20 @@ def tier(cases: list[dict]) -> dict:
         "outcomes_by_module": [{"module": name, **module} for name, module in sorted(modules.items())],
         "slowest": [{"test": case["test"], "seconds": case["seconds"]} for case in slowest[:SLOWEST]],
         "over_60_s": [case["test"] for case in slowest if case["seconds"] > 60],
+    }
+
+
+def measure(command: list[str], clone: Path, name: str) -> dict:
+    """One command in the clone: its exit status, wall time, phase times and, where pytest wrote its
+    JUnit XML (``<name>.xml``), the tier's outcomes and slowest tests."""
+    junit = clone / f"{name}.xml"
+    status, seconds, log = run_logged([*command, f"--junitxml={junit}"], clone, clone / f"{name}.log")
+    return {
+        "command": " ".join(command),
+        "exit_status": status,
+        "seconds": round(seconds),
+        "phases": {phase: int(phase_seconds) for phase, phase_seconds in PHASE_LINE.findall(log)},
+        **(tier(junit_tests(junit)) if junit.exists() else {}),
     }
 
 
@@ -86,29 +99,15 @@ def main() -> int:
     clone = Path(tempfile.mkdtemp(prefix="bandpo-ci-"))
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     try:
-        full_status, full_seconds, full_log = run_logged(
-            ["bash", "scripts/test.sh", f"--junitxml={clone / 'full.xml'}"], clone, clone / "full.log")
-        fast_status, fast_seconds, fast_log = run_logged(
-            ["bash", "scripts/test.sh", "--fast", f"--junitxml={clone / 'fast.xml'}"], clone, clone / "fast.log")
+        full = measure(["bash", "scripts/test.sh"], clone, "full")
+        fast = measure(["bash", "scripts/test.sh", "--fast"], clone, "fast")
         record = {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit,
             "cpus": os.cpu_count(),
             "load_average_before": [round(load, 2) for load in load_before],
-            "full": {
-                "command": "bash scripts/test.sh",
-                "exit_status": full_status,
-                "seconds": round(full_seconds),
-                "phases": {name: int(seconds) for name, seconds in PHASE_LINE.findall(full_log)},
-                **(tier(junit_tests(clone / "full.xml")) if (clone / "full.xml").exists() else {}),
-            },
-            "fast": {
-                "command": "bash scripts/test.sh --fast",
-                "exit_status": fast_status,
-                "seconds": round(fast_seconds),
-                "phases": {name: int(seconds) for name, seconds in PHASE_LINE.findall(fast_log)},
-                **(tier(junit_tests(clone / "fast.xml")) if (clone / "fast.xml").exists() else {}),
-            },
+            "full": full,
+            "fast": fast,
         }
     finally:
         if args.keep:
@@ -120,7 +119,7 @@ def main() -> int:
     args.output.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({key: record[key]["phases"] for key in ("full", "fast")}, indent=2))
     print(f"wrote {args.output}")
-    return 0 if full_status == fast_status == 0 else 1
+    return 0 if full["exit_status"] == fast["exit_status"] == 0 else 1
 
 
 if __name__ == "__main__":

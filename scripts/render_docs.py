@@ -553,8 +553,8 @@ def trl_matrix(root: Path) -> str:
     """The compatibility page's TRL matrix: each release's outcome as last recorded by
     ``TRL_MATRIX_RESULTS=benchmarks/results/cpu/trl-matrix.json scripts/test-trl-matrix.sh``; 1.16 is
     .venv's own TRL, tested by the main suite (its row gives the suite's outcome from the suite timing)."""
-    matrix = json.loads((root / "benchmarks" / "results" / "cpu" / "trl-matrix.json").read_text())
-    suite = json.loads((root / "benchmarks" / "results" / "cpu" / "test-suite.json").read_text())
+    matrix = json.loads(results(root, "cpu", "trl-matrix.json").read_text())
+    suite = json.loads(results(root, "cpu", "test-suite.json").read_text())
     trl_tests = [case for case in suite["full"]["outcomes_by_module"] if case["module"].startswith("tests/test_trl")]
     rows = [(run["trl"], f"{run['verdict'].lower()}: {run['pytest']} ({run['seconds']} s with the swap)")
             for run in matrix["runs"]]
@@ -577,12 +577,12 @@ def _minutes(seconds: float) -> str:
 def test_suite(root: Path) -> str:
     """The development page's timings of the test command and the fast tier
     (benchmarks/results/cpu/test-suite.json, written by ``benchmarks/suite_time.py``)."""
-    suite = json.loads((root / "benchmarks" / "results" / "cpu" / "test-suite.json").read_text())
+    suite = json.loads(results(root, "cpu", "test-suite.json").read_text())
     full, fast = suite["full"], suite["fast"]
     load = ", ".join(f"{value:g}" for value in suite["load_average_before"])
     lines = [
         f"Measured {suite['date']} (commit {suite['commit']}, a fresh clone, {suite['cpus']} cores, "
-        f"load average before {load}; nothing else running):",
+        f"load average before {load}):",
         "",
         "| command | time | tests |",
         "|---|---|---|",
@@ -592,7 +592,7 @@ def test_suite(root: Path) -> str:
         lines.append(f"| `{run['command']}` (exit {run['exit_status']}) | {_minutes(run['seconds'])} | {outcomes} |")
     lines += ["", "| phase of `bash scripts/test.sh` | time |", "|---|---|"]
     lines += [f"| {name} | {seconds} s |" for name, seconds in full["phases"].items()]
-    lines += ["", f"The fast tier's pytest alone: {fast['phases'].get('fast-tier', 0)} s. The ten slowest tests "
+    lines += ["", f"The fast tier's pytest alone: {fast['phases']['fast-tier']} s. The ten slowest tests "
               f"of the full suite ({len(full['over_60_s'])} over 60 s):", "", "| test | time |", "|---|---|"]
     lines += [f"| `{case['test']}` | {case['seconds']:.1f} s |" for case in full["slowest"]]
     return "\n".join(lines) + "\n"

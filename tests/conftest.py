@@ -52,9 +52,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.path.name
         collected_modules.add(module)
         key = f"{module}::{item.originalname}" if isinstance(item, pytest.Function) else ""
-        compiles = isinstance(item, pytest.Function) and getattr(item, "callspec", None) is not None and (
-            item.callspec.params.get("kernel") == "fused"
-        )
+        callspec = getattr(item, "callspec", None)
+        compiles = callspec is not None and callspec.params.get("kernel") == "fused"
         if module in SLOW_MODULES or key in SLOW_TESTS or compiles:
             item.add_marker(pytest.mark.slow)
         unmatched.discard(key)

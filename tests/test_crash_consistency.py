@@ -110,22 +110,30 @@ def start(argv: list[str], out: Path) -> multiprocessing.process.BaseProcess:
     return child
 
 
+def poll(child: multiprocessing.process.BaseProcess, deadline: float, until: Callable[[Path], bool] | None = None,
+         out: Path | None = None) -> bool:
+    """Polls every 10 ms until the child exits (False) or ``until(out)`` holds while it runs (True); past
+    ``deadline`` (time.monotonic) the child is killed and the test fails."""
+    while time.monotonic() < deadline:
+        if child.exitcode is not None:
+            return False
+        if until is not None and until(out):
+            return True
+        time.sleep(0.01)
+    child.kill()
+    child.join()
+    pytest.fail(f"bandpo compare ran over {TIMEOUT_SECONDS} s")
+
+
 def wait(child: multiprocessing.process.BaseProcess, until: Callable[[Path], bool] | None = None,
          out: Path | None = None, send: int = signal.SIGKILL) -> int:
     """The child's exit status (-N for signal N); with ``until``, ``send`` is sent to it as soon as
     ``until(out)`` holds."""
     deadline = time.monotonic() + TIMEOUT_SECONDS
-    sent = False
-    while time.monotonic() < deadline:
-        if child.exitcode is not None:
-            return child.exitcode
-        if until is not None and not sent and until(out):
-            os.kill(child.pid, send)
-            sent = True
-        time.sleep(0.01)
-    child.kill()
-    child.join()
-    pytest.fail(f"bandpo compare ran over {TIMEOUT_SECONDS} s")
+    if until is not None and poll(child, deadline, until, out):
+        os.kill(child.pid, send)
+    poll(child, deadline)
+    return child.exitcode
 
 
 def check_files_whole(out: Path) -> None:
@@ -196,10 +204,9 @@ def test_a_second_compare_on_the_folder_is_refused_and_the_first_ends_with_the_u
     undisturbed."""
     out = tmp_path / "cmp"
     first = start(argv, out)
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    while not metrics_count("band-seed0", 1)(out) and first.exitcode is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert first.exitcode is None, "the first compare ended before the second could start"
+    assert poll(first, time.monotonic() + TIMEOUT_SECONDS, metrics_count("band-seed0", 1), out), (
+        "the first compare ended before the second could start"
+    )
     second = start(argv, out)
     assert wait(second) == 2
     assert f"is in use by PID {first.pid} on " in (tmp_path / "cmp.log").read_text()
